@@ -1,0 +1,114 @@
+"""Discovery: walk a plugin tree and say what is there, without loading anything (SPEC 2).
+
+- A directory holding plugin.yaml is one plugin and owns its whole subtree.
+- Any other `<name>.wasm` is a wasm plugin named by its file; `<name>.zip` a package.
+- Hidden entries and editors' temp files are skipped.
+- Problems (a broken manifest, a bad name, two plugins with one name) are recorded on the
+  entry, never skipped silently.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .errors import ManifestError, PlughostError, PluginLoadError
+from .manifest import MANIFEST_FILE, LoadedManifest, Manifest, is_valid_name, load_manifest
+from .plugin import Kind
+
+_TEMP_SUFFIXES = (".swp", ".swx", ".swo", ".tmp", ".temp", ".part", ".crdownload", ".bak",
+                  ".orig", ".rej", "~")
+
+
+def is_ignored(name: str) -> bool:
+    """Hidden files and the temp files editors and downloaders leave while writing."""
+    return (name.startswith((".", "#", "~$")) or name.endswith(_TEMP_SUFFIXES)
+            or name == "4913")  # vim's write-permission probe
+
+
+@dataclass(frozen=True)
+class Found:
+    """One discovery result. `error` is set when the entry cannot be loaded as it is."""
+
+    name: str
+    path: Path  # the .wasm/.zip file or the plugin directory
+    kind: Kind
+    manifest: LoadedManifest | None = None
+    error: PlughostError | None = None
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+
+def scan(root: Path) -> list[Found]:
+    """Walk `root`; return every plugin found, broken ones included, sorted by name."""
+    found: list[Found] = []
+    root = Path(root)
+    if (root / MANIFEST_FILE).is_file():
+        found.append(_plugin_dir(root))
+    else:
+        _walk(root, found)
+    return _mark_duplicates(found)
+
+
+def _walk(directory: Path, out: list[Found]) -> None:
+    try:
+        with os.scandir(directory) as it:
+            entries = [e for e in it if not is_ignored(e.name)]
+    except OSError:
+        return
+    for e in entries:
+        try:
+            is_dir = e.is_dir(follow_symlinks=False)
+        except OSError:
+            continue
+        if is_dir:
+            sub = Path(e.path)
+            if os.path.isfile(os.path.join(e.path, MANIFEST_FILE)):
+                out.append(_plugin_dir(sub))
+            else:
+                _walk(sub, out)
+        elif e.name.endswith(".wasm"):
+            out.append(_single(Path(e.path), e.name[:-5], "wasm"))
+        elif e.name.endswith(".zip"):
+            f = _single(Path(e.path), e.name[:-4], "wasm")
+            out.append(f if f.error else replace(f, error=PluginLoadError(
+                ".zip plugin packages are not supported by this version yet",
+                plugin=f.name, path=f.path)))
+
+
+def _single(path: Path, name: str, kind: Kind) -> Found:
+    if not is_valid_name(name):
+        return Found(name, path, kind, error=ManifestError(
+            f"file name {path.name!r} is not a valid plugin name ([a-z0-9][a-z0-9._-]{{0,63}})",
+            plugin=name, path=path))
+    return Found(name, path, kind)
+
+
+def _plugin_dir(path: Path) -> Found:
+    try:
+        lm = load_manifest(path)
+    except ManifestError as exc:
+        return Found(exc.plugin or path.name, path, "wasm", error=exc)
+    return Found(lm.name, path, lm.manifest.runtime, manifest=lm, warnings=lm.warnings)
+
+
+def _mark_duplicates(found: list[Found]) -> list[Found]:
+    by_name: dict[str, list[Found]] = {}
+    for f in found:
+        by_name.setdefault(f.name, []).append(f)
+    out = []
+    for name, group in sorted(by_name.items()):
+        if len(group) == 1:
+            out.append(group[0])
+            continue
+        paths = ", ".join(str(g.path) for g in group)
+        for g in group:
+            out.append(replace(g, error=ManifestError(
+                f"{len(group)} plugins share this name ({paths}); none is loaded until "
+                "the conflict is resolved", plugin=name, path=g.path)))
+    return out
+
+
+def bare_manifest(name: str) -> Manifest:
+    """The defaults a single `<name>.wasm` runs with (it has no plugin.yaml)."""
+    return Manifest(name=name, runtime="wasm")

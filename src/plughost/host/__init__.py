@@ -1,0 +1,9 @@
+"""Host functions: what a plugin may ask of the host, behind its permissions (SPEC 6).
+
+One table serves both runtimes: wasm's `gk.host_call` and grpc's `Host.HostCall` both end in
+`HostFunctions.dispatch`.
+"""
+
+from .dispatch import HostContext, HostFunction, HostFunctions, default_host_functions
+
+__all__ = ["HostContext", "HostFunction", "HostFunctions", "default_host_functions"]

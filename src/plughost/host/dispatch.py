@@ -1,0 +1,112 @@
+"""The host-function table and its single entry point, `dispatch`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import HostCallError, PermissionDenied
+from ..logs import PluginLog
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HostContext:
+    """Who is calling. Built by the host from the manifest, never from the plugin's word."""
+
+    plugin: str
+    permissions: frozenset[str]
+    log: PluginLog
+    config: Mapping[str, Any] = field(default_factory=dict)
+    allowed_hosts: tuple[str, ...] = ()
+    i18n: Mapping[str, Any] = field(default_factory=dict)
+
+
+Handler = Callable[[HostContext, Any], Any]
+
+
+@dataclass(frozen=True)
+class HostFunction:
+    name: str
+    permission: str | None  # None: available to every plugin
+    handler: Handler  # decoded JSON args -> JSON-able result
+
+
+class HostFunctions:
+    """The table of host functions. Applications may register their own."""
+
+    def __init__(self) -> None:
+        self._table: dict[str, HostFunction] = {}
+        self._lock = threading.Lock()
+
+    def register(self, name: str, handler: Handler, *, permission: str | None) -> None:
+        with self._lock:
+            self._table[name] = HostFunction(name, permission, handler)
+
+    def names(self) -> list[str]:
+        return sorted(self._table)
+
+    def dispatch(self, ctx: HostContext, name: str, args: bytes) -> bytes:
+        """Run host function `name` for `ctx.plugin`; JSON in, JSON out.
+
+        Every refusal raises `HostCallError` (or `PermissionDenied`) and is logged in the
+        plugin's log, so an author can see why a call came back empty.
+        """
+        try:
+            fn = self._table.get(name)
+            if fn is None:
+                raise HostCallError(f"unknown host function {name!r}", plugin=ctx.plugin)
+            if fn.permission is not None and fn.permission not in ctx.permissions:
+                raise PermissionDenied(
+                    f"host function {name!r} needs permission {fn.permission!r}, which the "
+                    f"manifest does not grant", plugin=ctx.plugin)
+            try:
+                decoded = json.loads(args) if args.strip() else {}
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise HostCallError(f"{name}: arguments are not valid JSON: {exc}",
+                                    plugin=ctx.plugin) from None
+            try:
+                result = fn.handler(ctx, decoded)
+            except HostCallError:
+                raise
+            except Exception as exc:  # a backend failure is the plugin's error, not ours
+                logger.debug("host function %s failed for %s", name, ctx.plugin, exc_info=True)
+                raise HostCallError(f"{name} failed: {exc}", plugin=ctx.plugin) from exc
+            return json.dumps(result, separators=(",", ":")).encode()
+        except HostCallError as exc:
+            ctx.log.warning(f"host call refused: {exc.message}", source="host")
+            raise
+
+
+def _log(ctx: HostContext, args: Any) -> None:
+    if not isinstance(args, dict) or not isinstance(args.get("message"), str):
+        raise HostCallError('log: expected {"level": ..., "message": "..."}', plugin=ctx.plugin)
+    level = args.get("level", "info")
+    names = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
+             "warning": logging.WARNING, "error": logging.ERROR}
+    if isinstance(level, int) and not isinstance(level, bool):
+        lvl = {0: logging.DEBUG, 1: logging.INFO, 2: logging.WARNING}.get(level, logging.ERROR)
+    elif isinstance(level, str) and level.lower() in names:
+        lvl = names[level.lower()]
+    else:
+        raise HostCallError(f"log: unknown level {level!r}", plugin=ctx.plugin)
+    ctx.log.log(lvl, args["message"], source="plugin")
+
+
+def _config_get(ctx: HostContext, args: Any) -> Any:
+    if not isinstance(args, dict) or not isinstance(args.get("key"), str):
+        raise HostCallError('config_get: expected {"key": "..."}', plugin=ctx.plugin)
+    return ctx.config.get(args["key"])
+
+
+def default_host_functions() -> HostFunctions:
+    """The built-in table. Later backends (db, cache, http, email...) register here too."""
+    table = HostFunctions()
+    table.register("log", _log, permission="log")
+    table.register("config_get", _config_get, permission="config")
+    return table

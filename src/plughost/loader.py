@@ -1,0 +1,318 @@
+"""The Loader: discovers plugins in a directory and loads, reloads and unloads them.
+
+The manager's registry is the truth about what is loaded; the loader only remembers what it
+found on disk. Every load path (first, lazy, reload, load_or_reload) goes through `_build`,
+which re-reads and re-checks the plugin from disk, so a swapped file never skips a check.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .discovery import Found, bare_manifest, scan
+from .errors import (
+    ManifestError,
+    PlughostError,
+    PluginLoadError,
+    PluginNotFound,
+    PluginUnavailable,
+)
+from .manager import Manager
+from .manifest import LoadedManifest, Manifest, load_manifest
+from .plugin import Kind, Plugin, PluginSource
+from .runtimes.wasm import WasmEngine, load_wasm_plugin
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DiscoveredPlugin:
+    """A plugin found on disk; `loaded`/`loaded_at` are read from the manager's registry."""
+
+    name: str
+    path: Path
+    type: Kind
+    loaded: bool
+    loaded_at: float | None
+    manifest: Manifest | None
+    error: PlughostError | None
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+
+class _NameLock:
+    """A per-plugin lock that knows its owner, so a nested load of the same plugin from
+    inside its own load fails fast instead of deadlocking."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.owner: int | None = None
+
+
+class Loader:
+    """Discovery and loading for one plugin directory (SPEC 1)."""
+
+    def __init__(self, plugin_dir: str | Path, manager: Manager, *, lazy: bool = False,
+                 cache_dir: str | Path | None = "default", engine: WasmEngine | None = None
+                 ) -> None:
+        self.plugin_dir = Path(plugin_dir)
+        self.manager = manager
+        self.lazy = lazy
+        self.engine = engine or WasmEngine(cache_dir)
+        self._found: dict[str, Found] = {}
+        self._all: list[Found] = []
+        self._extra: dict[str, Found] = {}  # load_wasm_from_path: outside the tree
+        self._lock = threading.Lock()
+        self._name_locks: dict[str, _NameLock] = {}
+        if lazy:
+            manager.set_lazy_loader(self)
+
+    # -- discovery -----------------------------------------------------------------------
+
+    def discover_all(self) -> int:
+        """Rescan the directory; return how many plugins were found (broken ones too)."""
+        if not self.plugin_dir.is_dir():
+            raise PluginNotFound(f"plugin directory {self.plugin_dir} does not exist")
+        results = scan(self.plugin_dir)
+        with self._lock:
+            self._all = results
+            found: dict[str, Found] = dict(self._extra)
+            for f in results:
+                found.setdefault(f.name, f)
+            self._found = found
+        for f in results:
+            if f.error is not None:
+                logger.warning("discovery: %s", f.error)
+            for w in f.warnings:
+                self.manager.log_for(f.name).warning(f"plugin.yaml: {w}", source="host")
+        return len(results)
+
+    def discovered(self) -> list[str]:
+        with self._lock:
+            return sorted(self._found)
+
+    def discovered_plugins(self) -> list[DiscoveredPlugin]:
+        with self._lock:
+            entries = list(self._all) + [f for n, f in self._extra.items()
+                                         if all(a.name != n for a in self._all)]
+        infos = {i.name: i for i in self.manager.list()}
+        out = []
+        for f in entries:
+            info = infos.get(f.name)
+            loaded = info is not None and info.path == str(f.path)
+            out.append(DiscoveredPlugin(
+                f.name, f.path, f.kind, loaded, info.loaded_at if loaded and info else None,
+                f.manifest.manifest if f.manifest else None, f.error, f.warnings))
+        return out
+
+    def knows(self, name: str) -> bool:
+        with self._lock:
+            return name in self._found
+
+    def forget(self, name: str) -> None:
+        """Unload `name` if loaded and drop it from discovery (until the next rescan)."""
+        if self.manager.get(name) is not None:
+            self.unload(name)
+        with self._lock:
+            self._found.pop(name, None)
+            self._extra.pop(name, None)
+            self._all = [f for f in self._all if f.name != name]
+
+    # -- loading -------------------------------------------------------------------------
+
+    def load_all(self) -> tuple[int, list[PlughostError]]:
+        """Discover, then load every plugin (or, when lazy, only discover).
+
+        Returns (plugins loaded or discovered, errors); one bad plugin never stops the rest.
+        """
+        self.discover_all()
+        with self._lock:
+            entries = list(self._all)
+        errors: list[PlughostError] = [f.error for f in entries if f.error is not None]
+        good = [f for f in entries if f.error is None]
+        if self.lazy:
+            return len(good), errors
+        count = 0
+        for f in good:
+            try:
+                self.ensure_loaded(f.name)
+                count += 1
+            except PlughostError as exc:
+                errors.append(exc)
+        return count, errors
+
+    def ensure_loaded(self, name: str) -> None:
+        """Load `name` unless the registry already has it. Concurrent callers start
+        exactly one instance."""
+        if self.manager.get(name) is not None:
+            return
+        with self._name_lock(name):
+            if self.manager.get(name) is not None:
+                return
+            plugin = self._build(self._lookup(name))
+            try:
+                self.manager.register(plugin)
+            except PlughostError:
+                plugin.shutdown()
+                raise
+
+    def load_wasm(self, name: str) -> None:
+        """Load the discovered wasm plugin `name`."""
+        found = self._lookup(name)
+        if found.kind != "wasm":
+            raise PluginLoadError(f"is a {found.kind} plugin, not wasm", plugin=name,
+                                  path=found.path)
+        self.ensure_loaded(name)
+
+    def load_wasm_from_path(self, path: str | Path, name: str | None = None) -> str:
+        """Load a wasm plugin from any path (a .wasm file or a plugin dir); returns its name.
+
+        The plugin is remembered, so `reload(name)` works on it like on any other.
+        """
+        p = Path(path)
+        if p.is_dir():
+            try:
+                lm = load_manifest(p)
+            except ManifestError as exc:
+                raise exc
+            found = Found(lm.name, p, lm.manifest.runtime, manifest=lm, warnings=lm.warnings)
+        else:
+            stem = name or p.name.removesuffix(".wasm")
+            found = scan_single(p, stem)
+        if found.error is not None:
+            raise found.error
+        if found.kind != "wasm":
+            raise PluginLoadError(f"is a {found.kind} plugin, not wasm", plugin=found.name,
+                                  path=p)
+        with self._lock:
+            self._extra[found.name] = found
+            self._found[found.name] = found
+        self.ensure_loaded(found.name)
+        return found.name
+
+    def reload(self, name: str) -> None:
+        """Load the plugin again from disk and swap it in atomically.
+
+        The new version is built and initialised first; if that fails, the old version keeps
+        serving and the error is raised (and written to the plugin's log).
+        """
+        with self._name_lock(name):
+            found = self._lookup(name)
+            try:
+                plugin = self._build(found)
+            except PlughostError as exc:
+                if self.manager.get(name) is not None:
+                    self.manager.log_for(name).error(
+                        f"reload failed, the running version keeps serving: {exc}",
+                        source="host")
+                self.manager.emit("error", name, str(exc))
+                raise
+            self.manager.replace(plugin)
+
+    def load_or_reload(self, name: str) -> None:
+        """Rescan first (so a plugin added since start is found), then load or reload."""
+        self.discover_all()
+        if self.manager.get(name) is not None:
+            self.reload(name)
+        else:
+            self.ensure_loaded(name)
+
+    def unload(self, name: str) -> None:
+        """Unload `name` (drains its calls); it stays discovered, so a lazy loader will load
+        it again on the next call."""
+        with self._name_lock(name):
+            self.manager.unregister(name)
+
+    # -- asyncio twins -------------------------------------------------------------------
+
+    async def aload_all(self) -> tuple[int, list[PlughostError]]:
+        return await self.manager.run_blocking(self.load_all)  # type: ignore[no-any-return]
+
+    async def adiscover_all(self) -> int:
+        return await self.manager.run_blocking(self.discover_all)  # type: ignore[no-any-return]
+
+    async def aensure_loaded(self, name: str) -> None:
+        await self.manager.run_blocking(self.ensure_loaded, name)
+
+    async def areload(self, name: str) -> None:
+        await self.manager.run_blocking(self.reload, name)
+
+    async def aload_or_reload(self, name: str) -> None:
+        await self.manager.run_blocking(self.load_or_reload, name)
+
+    async def aunload(self, name: str) -> None:
+        await self.manager.run_blocking(self.unload, name)
+
+    # -- internals -----------------------------------------------------------------------
+
+    @contextmanager
+    def _name_lock(self, name: str) -> Iterator[None]:
+        with self._lock:
+            nl = self._name_locks.setdefault(name, _NameLock())
+        me = threading.get_ident()
+        if nl.owner == me:
+            raise PluginUnavailable("is being loaded by this very call chain (a plugin "
+                                    "cannot call itself while it loads)", plugin=name)
+        with nl.lock:
+            nl.owner = me
+            try:
+                yield
+            finally:
+                nl.owner = None
+
+    def _lookup(self, name: str) -> Found:
+        with self._lock:
+            found = self._found.get(name)
+        if found is None:
+            raise PluginNotFound(f"not discovered in {self.plugin_dir}", plugin=name)
+        if found.error is not None:
+            raise found.error
+        return found
+
+    def _source(self, found: Found) -> PluginSource:
+        """Re-read the manifest from disk: what runs is checked now, not at discovery."""
+        if found.path.is_dir():
+            lm: LoadedManifest | None = load_manifest(found.path)
+            assert lm is not None
+            if lm.name != found.name:
+                raise ManifestError(f"name changed on disk from {found.name!r} to "
+                                    f"{lm.name!r}; rescan to pick it up", plugin=found.name,
+                                    path=lm.path, field="name")
+            return PluginSource(found.name, lm.manifest.runtime, found.path, lm.entry,
+                                lm.manifest, lm)
+        return PluginSource(found.name, "wasm", found.path, found.path,
+                            bare_manifest(found.name), None)
+
+    def _build(self, found: Found) -> Plugin:
+        source = self._source(found)
+        log = self.manager.log_for(source.name)
+        if source.kind == "grpc":
+            raise PluginLoadError("grpc plugins are not supported by this version yet",
+                                  plugin=source.name, path=source.path)
+        try:
+            wasm = source.entry.read_bytes()
+        except OSError as exc:
+            raise PluginLoadError(f"cannot read module: {exc}", plugin=source.name,
+                                  path=source.entry) from None
+        try:
+            plugin = load_wasm_plugin(source, wasm, self.engine, self.manager.host, log)
+        except PlughostError as exc:
+            log.error(f"load failed: {exc}", source="host")
+            raise
+        log.info(f"loaded version {plugin.registration.version} from {source.entry}",
+                 source="host")
+        return plugin
+
+
+def scan_single(path: Path, name: str) -> Found:
+    """Discovery of one file given by path (used by `load_wasm_from_path`)."""
+    from .discovery import _single
+
+    if not path.is_file():
+        return Found(name, path, "wasm", error=PluginNotFound("no such file", plugin=name,
+                                                              path=path))
+    return _single(path, name, "wasm")

@@ -1,0 +1,102 @@
+"""Per-plugin logs: every line goes to stdlib `logging` and to a bounded buffer.
+
+The buffer is what the admin view shows; it belongs to the plugin *name*, so the history
+survives reloads and crashes (that is when you want to read it).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from itertools import islice
+
+DEFAULT_CAPACITY = 1000
+
+#: gk.log levels (SPEC 3) mapped to stdlib levels.
+GK_LEVELS = {0: logging.DEBUG, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR}
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    time: float
+    level: str  # "debug" | "info" | "warning" | "error"
+    message: str
+    source: str  # "plugin" (its own log calls), "stdout", "stderr", "host"
+
+    def as_dict(self) -> dict[str, object]:
+        return {"time": self.time, "level": self.level, "message": self.message,
+                "source": self.source}
+
+
+class PluginLog:
+    """A bounded, thread-safe log of one plugin, mirrored to `plughost.plugin.<name>`."""
+
+    def __init__(self, name: str, capacity: int = DEFAULT_CAPACITY) -> None:
+        self.name = name
+        self._records: deque[LogRecord] = deque(maxlen=capacity)
+        self._lock = threading.Lock()
+        self._logger = logging.getLogger(f"plughost.plugin.{name}")
+
+    def log(self, level: int, message: str, source: str = "host") -> None:
+        message = message.rstrip("\n")
+        rec = LogRecord(time.time(), logging.getLevelName(level).lower(), message, source)
+        with self._lock:
+            self._records.append(rec)
+        self._logger.log(level, "[%s] %s", source, message)
+
+    def debug(self, message: str, source: str = "host") -> None:
+        self.log(logging.DEBUG, message, source)
+
+    def info(self, message: str, source: str = "host") -> None:
+        self.log(logging.INFO, message, source)
+
+    def warning(self, message: str, source: str = "host") -> None:
+        self.log(logging.WARNING, message, source)
+
+    def error(self, message: str, source: str = "host") -> None:
+        self.log(logging.ERROR, message, source)
+
+    def records(self, last: int | None = None) -> list[LogRecord]:
+        with self._lock:
+            if last is None or last >= len(self._records):
+                return list(self._records)
+            return list(islice(self._records, len(self._records) - last, None))
+
+
+class LineWriter:
+    """Turns a byte stream (WASI stdout/stderr, a child's pipe) into log lines.
+
+    Partial lines are held until their newline; a runaway line is cut at `max_line`.
+    """
+
+    def __init__(self, log: PluginLog, source: str, level: int = logging.INFO,
+                 max_line: int = 8192) -> None:
+        self._log, self._source, self._level, self._max = log, source, level, max_line
+        self._buf = bytearray()
+        self._lock = threading.Lock()
+
+    def write(self, data: bytes) -> None:
+        with self._lock:
+            self._buf += data
+            lines = []
+            while True:
+                i = self._buf.find(b"\n")
+                if i < 0:
+                    if len(self._buf) > self._max:
+                        lines.append(bytes(self._buf[: self._max]))
+                        del self._buf[: self._max]
+                        continue
+                    break
+                lines.append(bytes(self._buf[:i]))
+                del self._buf[: i + 1]
+        for line in lines:
+            self._log.log(self._level, line.decode("utf-8", "replace"), self._source)
+
+    def flush(self) -> None:
+        with self._lock:
+            rest, self._buf = bytes(self._buf), bytearray()
+        if rest:
+            self._log.log(self._level, rest.decode("utf-8", "replace"), self._source)

@@ -1,0 +1,337 @@
+"""The Manager: a thread-safe registry of loaded plugins and the router of calls to them.
+
+Invariants:
+- The registry lock only guards the dict; plugin code (init, call, shutdown) never runs
+  under it, so a plugin calling another plugin, or itself, cannot deadlock the registry.
+- Each entry counts its in-flight calls. `replace` swaps the entry first, then waits (bounded)
+  for the old entry's calls to drain, then shuts the old plugin down: calls that started on
+  the old version finish on it, new calls go to the new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .errors import (
+    PlughostError,
+    PluginCallError,
+    PluginDisabled,
+    PluginLoadError,
+    PluginNotFound,
+    PluginTimeout,
+)
+from .host import HostFunctions, default_host_functions
+from .logs import PluginLog
+from .plugin import Plugin
+
+logger = logging.getLogger(__name__)
+
+
+class LazyLoader(Protocol):
+    """What the manager needs from a loader to load a plugin on its first call."""
+
+    def knows(self, name: str) -> bool: ...
+
+    def ensure_loaded(self, name: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    name: str
+    kind: str
+    version: str
+    path: str
+    loaded_at: float
+    enabled: bool
+    inflight: int
+
+
+@dataclass(frozen=True)
+class Event:
+    """A lifecycle change: kind is load | unload | reload | enable | disable | error."""
+
+    kind: str
+    plugin: str
+    time: float = field(default_factory=time.time)
+    detail: str = ""
+
+
+class _Entry:
+    __slots__ = ("cond", "enabled", "inflight", "loaded_at", "plugin")
+
+    def __init__(self, plugin: Plugin) -> None:
+        self.plugin = plugin
+        self.loaded_at = time.time()
+        self.enabled = True
+        self.inflight = 0
+        self.cond = threading.Condition(threading.Lock())
+
+    def done(self) -> None:
+        with self.cond:
+            self.inflight -= 1
+            if self.inflight == 0:
+                self.cond.notify_all()
+
+    def drain(self, timeout: float) -> bool:
+        with self.cond:
+            return self.cond.wait_for(lambda: self.inflight == 0, timeout)
+
+
+def encode_args(args: Any) -> bytes:
+    """Arguments as JSON bytes; bytes/bytearray pass through untouched."""
+    if args is None:
+        return b"{}"
+    if isinstance(args, bytes | bytearray | memoryview):
+        return bytes(args)
+    return json.dumps(args, separators=(",", ":")).encode()
+
+
+def decode_result(name: str, function: str, raw: bytes) -> Any:
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PluginCallError(f"result is not valid JSON: {exc}", plugin=name,
+                              function=function) from None
+
+
+class Manager:
+    """Registry + call routing. Safe to use from many threads; `a*` methods for asyncio."""
+
+    def __init__(self, host: HostFunctions | None = None, *, drain_timeout: float = 30.0,
+                 max_workers: int = 32, log_capacity: int = 1000) -> None:
+        self.host = host or default_host_functions()
+        self.drain_timeout = drain_timeout
+        self._entries: dict[str, _Entry] = {}
+        self._logs: dict[str, PluginLog] = {}
+        self._lock = threading.Lock()
+        self._lazy: LazyLoader | None = None
+        self._listeners: list[Callable[[Event], None]] = []
+        self._log_capacity = log_capacity
+        self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="plughost")
+
+    # -- registry ------------------------------------------------------------------------
+
+    def log_for(self, name: str) -> PluginLog:
+        """The plugin's log buffer; it outlives reloads of the plugin."""
+        with self._lock:
+            log = self._logs.get(name)
+            if log is None:
+                log = self._logs[name] = PluginLog(name, self._log_capacity)
+            return log
+
+    def register(self, plugin: Plugin) -> None:
+        with self._lock:
+            if plugin.name in self._entries:
+                raise PluginLoadError("a plugin of this name is already registered",
+                                      plugin=plugin.name)
+            self._entries[plugin.name] = _Entry(plugin)
+        self._emit(Event("load", plugin.name, detail=plugin.registration.version))
+
+    def get(self, name: str) -> Plugin | None:
+        with self._lock:
+            entry = self._entries.get(name)
+        return entry.plugin if entry else None
+
+    def __contains__(self, name: object) -> bool:
+        with self._lock:
+            return name in self._entries
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._entries)
+
+    def list(self) -> list[PluginInfo]:
+        with self._lock:
+            entries = list(self._entries.values())
+        return sorted((PluginInfo(e.plugin.name, e.plugin.kind, e.plugin.registration.version,
+                                  str(e.plugin.source.path), e.loaded_at, e.enabled, e.inflight)
+                       for e in entries), key=lambda i: i.name)
+
+    def info(self, name: str) -> PluginInfo | None:
+        return next((i for i in self.list() if i.name == name), None)
+
+    def replace(self, plugin: Plugin, *, drain_timeout: float | None = None) -> Plugin | None:
+        """Atomically make `plugin` serve its name; drain and shut down the one it replaces.
+
+        Returns the old plugin (already shut down), or None if there was none.
+        """
+        with self._lock:
+            old = self._entries.get(plugin.name)
+            new = _Entry(plugin)
+            if old is not None:
+                new.enabled = old.enabled
+            self._entries[plugin.name] = new
+        if old is None:
+            self._emit(Event("load", plugin.name, detail=plugin.registration.version))
+            return None
+        self._retire(old, drain_timeout)
+        self._emit(Event("reload", plugin.name, detail=plugin.registration.version))
+        return old.plugin
+
+    def unregister(self, name: str, *, drain_timeout: float | None = None) -> Plugin:
+        """Remove `name` from the registry, drain its calls and shut it down."""
+        with self._lock:
+            entry = self._entries.pop(name, None)
+        if entry is None:
+            raise PluginNotFound("not loaded", plugin=name)
+        self._retire(entry, drain_timeout)
+        self._emit(Event("unload", name))
+        return entry.plugin
+
+    def _retire(self, entry: _Entry, drain_timeout: float | None) -> None:
+        wait = self.drain_timeout if drain_timeout is None else drain_timeout
+        if not entry.drain(wait):
+            entry.plugin.log.warning(
+                f"{entry.inflight} call(s) still running after {wait:.1f}s; shutting down "
+                "anyway", source="host")
+        try:
+            entry.plugin.shutdown()
+        except Exception as exc:  # a bad shutdown must not break the swap that retired it
+            entry.plugin.log.error(f"shutdown failed: {exc}", source="host")
+
+    def enable(self, name: str) -> None:
+        self._set_enabled(name, True)
+
+    def disable(self, name: str) -> None:
+        self._set_enabled(name, False)
+
+    def _set_enabled(self, name: str, enabled: bool) -> None:
+        with self._lock:
+            entry = self._entries.get(name)
+            if entry is None:
+                raise PluginNotFound("not loaded", plugin=name)
+            entry.enabled = enabled
+        self._emit(Event("enable" if enabled else "disable", name))
+
+    def shutdown_all(self, timeout: float | None = None) -> None:
+        """Unload every plugin, in parallel; returns within about `timeout` seconds."""
+        with self._lock:
+            entries = list(self._entries.values())
+            self._entries.clear()
+        wait = self.drain_timeout if timeout is None else timeout
+        threads = [threading.Thread(target=self._retire, args=(e, wait), daemon=True)
+                   for e in entries]
+        for t in threads:
+            t.start()
+        end = time.monotonic() + wait + 1.0
+        for t in threads:
+            t.join(max(0.0, end - time.monotonic()))
+        for e in entries:
+            self._emit(Event("unload", e.plugin.name))
+
+    # -- calls ---------------------------------------------------------------------------
+
+    def set_lazy_loader(self, loader: LazyLoader | None) -> None:
+        self._lazy = loader
+
+    def _acquire(self, name: str) -> _Entry:
+        for attempt in (0, 1):
+            with self._lock:
+                entry = self._entries.get(name)
+                if entry is not None:
+                    if not entry.enabled:
+                        raise PluginDisabled("plugin is disabled", plugin=name)
+                    with entry.cond:
+                        entry.inflight += 1
+                    return entry
+            lazy = self._lazy
+            if attempt == 0 and lazy is not None and lazy.knows(name):
+                lazy.ensure_loaded(name)  # outside the lock: loading runs plugin code
+                continue
+            break
+        raise PluginNotFound("no such plugin is loaded or discovered", plugin=name)
+
+    def call_raw(self, name: str, function: str, args: bytes, *,
+                 timeout: float | None = None) -> bytes:
+        """Call with JSON bytes in and out (no decoding)."""
+        entry = self._acquire(name)
+        try:
+            return entry.plugin.call(function, args, timeout=timeout)
+        except PlughostError:
+            raise
+        except Exception as exc:  # a runtime bug still reaches the caller as a typed error
+            logger.exception("unexpected error calling %s.%s", name, function)
+            raise PluginCallError(f"unexpected error: {exc!r}", plugin=name,
+                                  function=function) from exc
+        finally:
+            entry.done()
+
+    def call(self, name: str, function: str, args: Any = None, *,
+             timeout: float | None = None) -> Any:
+        """Call `function` of plugin `name` with JSON-able `args`; returns the decoded result.
+
+        Loads a discovered-but-unloaded plugin first (lazy loading). `timeout` (seconds) can
+        shorten, never extend, the plugin's `resources.call_timeout_ms`.
+        """
+        raw = self.call_raw(name, function, encode_args(args), timeout=timeout)
+        return decode_result(name, function, raw)
+
+    # -- asyncio twins: blocking work runs on the manager's pool, never on the loop ------
+
+    async def _run(self, fn: Callable[..., Any], *args: Any, timeout: float | None = None
+                   ) -> Any:
+        fut = asyncio.get_running_loop().run_in_executor(self._executor, lambda: fn(*args))
+        if timeout is None:
+            return await fut
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            name = args[0] if args and isinstance(args[0], str) else None
+            raise PluginTimeout(f"no answer within {timeout:.3f}s", plugin=name) from None
+
+    async def acall(self, name: str, function: str, args: Any = None, *,
+                    timeout: float | None = None) -> Any:
+        """`call` for asyncio. The deadline also bounds the plugin call itself; on
+        cancellation the awaiting task stops at once and the call ends by its deadline."""
+        # A little slack so the runtime's own, more precise timeout error wins the race.
+        outer = None if timeout is None else timeout + 0.5
+        return await self._run(lambda: self.call(name, function, args, timeout=timeout),
+                               timeout=outer)
+
+    async def areplace(self, plugin: Plugin) -> Plugin | None:
+        return await self._run(self.replace, plugin)  # type: ignore[no-any-return]
+
+    async def aunregister(self, name: str) -> Plugin:
+        return await self._run(self.unregister, name)  # type: ignore[no-any-return]
+
+    async def ashutdown_all(self, timeout: float | None = None) -> None:
+        await self._run(self.shutdown_all, timeout)
+
+    async def run_blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run any blocking plughost call on the manager's pool (used by the loader)."""
+        return await self._run(fn, *args)
+
+    # -- events --------------------------------------------------------------------------
+
+    def add_listener(self, listener: Callable[[Event], None]) -> None:
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[Event], None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
+
+    def _emit(self, event: Event) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                logger.exception("event listener failed for %s", event)
+
+    def emit(self, kind: str, plugin: str, detail: str = "") -> None:
+        """Publish a lifecycle event (used by the loader for errors)."""
+        self._emit(Event(kind, plugin, detail=detail))
+
+    def close(self) -> None:
+        self.shutdown_all()
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,215 @@
+"""plugin.yaml: parsed once into a typed `Manifest`, with every rule of SPEC 2 enforced.
+
+Errors name the file, the field and the problem. Unknown keys are kept and reported as
+warnings, so a manifest written for a newer plughost still loads on this one.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ManifestError
+
+MANIFEST_FILE = "plugin.yaml"
+NAME_PATTERN = r"[a-z0-9][a-z0-9._-]{0,63}"
+_NAME_RE = re.compile(NAME_PATTERN)
+
+#: Permission names a manifest may grant, and the host functions they unlock (SPEC 6).
+PERMISSIONS: frozenset[str] = frozenset(
+    {"db.read", "db.write", "cache", "http", "email", "config", "plugin.call", "log"}
+)
+
+
+def is_valid_name(name: str) -> bool:
+    return _NAME_RE.fullmatch(name) is not None
+
+
+class _Strict(BaseModel):
+    # strict: a string where a number belongs is an error, not a silent conversion.
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+
+
+class Resources(_Strict):
+    memory_mb: int = Field(64, ge=1, le=4096)
+    call_timeout_ms: int = Field(30_000, ge=1, le=3_600_000)
+    max_instances: int = Field(1, ge=1, le=256)
+    start_timeout_ms: int = Field(10_000, ge=1, le=600_000)
+    shutdown_timeout_ms: int = Field(5_000, ge=0, le=600_000)
+
+
+class Handshake(_Strict):
+    """go-plugin magic cookie, for hosting foreign go-plugin plugins (grpc only)."""
+
+    magic_cookie_key: str = "PLUGHOST_PLUGIN"
+    magic_cookie_value: str = "v1"
+
+
+class Manifest(_Strict):
+    name: str
+    version: str = "0.0.0"
+    runtime: Literal["wasm", "grpc"]
+    binary: str | None = None
+    wasm: str | None = None
+    description: str = ""
+    author: str = ""
+    license: str = ""
+    homepage: str = ""
+    permissions: list[str] = Field(default_factory=list)
+    config: dict[str, Any] = Field(default_factory=dict)
+    resources: Resources = Field(default_factory=lambda: Resources())
+    allowed_hosts: list[str] = Field(default_factory=list)
+    env: list[str] = Field(default_factory=list)
+    handshake: Handshake = Field(default_factory=Handshake)
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_text(cls, v: Any) -> Any:
+        # YAML reads `version: 1.2` as a float; a version is text whatever it looks like.
+        return str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
+
+    @field_validator("name")
+    @classmethod
+    def _name_rule(cls, v: str) -> str:
+        if not is_valid_name(v):
+            raise ValueError(f"{v!r} is not a valid plugin name (must match {NAME_PATTERN})")
+        return v
+
+    @field_validator("permissions")
+    @classmethod
+    def _known_permissions(cls, v: list[str]) -> list[str]:
+        unknown = sorted(set(v) - PERMISSIONS)
+        if unknown:
+            raise ValueError(
+                f"unknown permission(s) {unknown}; known: {sorted(PERMISSIONS)}"
+            )
+        return v
+
+
+@dataclass(frozen=True)
+class LoadedManifest:
+    """A validated manifest plus where it came from and what it resolves to."""
+
+    manifest: Manifest
+    path: Path  # the plugin.yaml file
+    plugin_dir: Path
+    entry: Path  # the wasm module or grpc executable, resolved inside plugin_dir
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+
+def resolve_inside(plugin_dir: Path, rel: str, *, field_name: str, manifest_path: Path,
+                   plugin: str | None) -> Path:
+    """Resolve `rel` against `plugin_dir`, refusing anything that could leave it.
+
+    Checked lexically (absolute, `..`) and then after resolving symlinks, because a link
+    inside the directory may point anywhere.
+    """
+
+    def fail(problem: str) -> ManifestError:
+        return ManifestError(problem, plugin=plugin, path=manifest_path, field=field_name)
+
+    if not rel or "\x00" in rel:
+        raise fail("must be a non-empty relative path")
+    p = Path(rel)
+    if p.is_absolute() or rel.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", rel):
+        raise fail(f"{rel!r} is an absolute path; paths must be relative to the plugin dir")
+    if ".." in p.parts or ".." in rel.replace("\\", "/").split("/"):
+        raise fail(f"{rel!r} contains '..'; paths must stay inside the plugin dir")
+    root = plugin_dir.resolve()
+    target = (root / p).resolve()
+    if not target.is_relative_to(root):
+        raise fail(f"{rel!r} resolves to {target}, outside the plugin dir {root}")
+    return target
+
+
+def _format_validation(err: ValidationError) -> list[tuple[str, str]]:
+    out = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "(manifest)"
+        msg = e["msg"]
+        if e["type"] == "missing":
+            msg = "is required"
+        out.append((loc, msg))
+    return out
+
+
+def _unknown_keys(model: BaseModel, prefix: str = "") -> list[str]:
+    keys = [f"{prefix}{k}" for k in (model.model_extra or {})]
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            keys += _unknown_keys(value, f"{prefix}{name}.")
+    return keys
+
+
+def parse_manifest(data: Any, *, plugin_dir: Path, manifest_path: Path) -> LoadedManifest:
+    """Validate already-parsed YAML `data` for the plugin in `plugin_dir`."""
+    default_name = plugin_dir.name
+    if not isinstance(data, dict):
+        raise ManifestError(
+            f"must be a YAML mapping, got {type(data).__name__}",
+            plugin=default_name, path=manifest_path,
+        )
+    data = dict(data)
+    data.setdefault("name", default_name)
+    if "runtime" not in data:
+        # Unambiguous manifests need not repeat what their keys already say.
+        if "wasm" in data and "binary" not in data:
+            data["runtime"] = "wasm"
+        elif "binary" in data and "wasm" not in data:
+            data["runtime"] = "grpc"
+    plugin = data["name"] if isinstance(data["name"], str) else default_name
+    try:
+        m = Manifest.model_validate(data)
+    except ValidationError as exc:
+        problems = _format_validation(exc)
+        loc, msg = problems[0]
+        more = f" (and {len(problems) - 1} more: " + "; ".join(
+            f"{loc2}: {msg2}" for loc2, msg2 in problems[1:]) + ")" if len(problems) > 1 else ""
+        raise ManifestError(msg + more, plugin=plugin, path=manifest_path, field=loc) from None
+
+    warnings = [f"unknown key {k!r} ignored" for k in _unknown_keys(m)]
+    if m.runtime == "wasm":
+        if m.binary is not None:
+            warnings.append("'binary' is ignored for a wasm plugin")
+        rel, field_name = m.wasm or f"{m.name}.wasm", "wasm"
+    else:
+        if m.wasm is not None:
+            warnings.append("'wasm' is ignored for a grpc plugin")
+        if not m.binary:
+            raise ManifestError("is required for a grpc plugin", plugin=m.name,
+                                path=manifest_path, field="binary")
+        rel, field_name = m.binary, "binary"
+    entry = resolve_inside(plugin_dir, rel, field_name=field_name,
+                           manifest_path=manifest_path, plugin=m.name)
+    if not entry.is_file():
+        raise ManifestError(f"{rel!r} does not exist or is not a file", plugin=m.name,
+                            path=manifest_path, field=field_name)
+    return LoadedManifest(m, manifest_path, plugin_dir, entry, tuple(warnings))
+
+
+def load_manifest(plugin_dir: Path) -> LoadedManifest:
+    """Read and validate `plugin_dir/plugin.yaml`."""
+    path = plugin_dir / MANIFEST_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"cannot read: {exc}", plugin=plugin_dir.name, path=path) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ManifestError(f"invalid YAML{at}: {problem}", plugin=plugin_dir.name,
+                            path=path) from None
+    return parse_manifest(data, plugin_dir=plugin_dir, manifest_path=path)

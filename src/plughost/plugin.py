@@ -1,0 +1,60 @@
+"""The one protocol both runtimes implement, and what the loader hands them to load."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+from .logs import PluginLog
+from .manifest import LoadedManifest, Manifest
+from .registration import Registration
+
+Kind = Literal["wasm", "grpc"]
+
+
+@dataclass(frozen=True)
+class PluginSource:
+    """Everything a runtime needs to start one version of a plugin."""
+
+    name: str
+    kind: Kind
+    path: Path  # what was discovered: the .wasm file or the plugin directory
+    entry: Path  # the module or executable
+    manifest: Manifest
+    loaded_manifest: LoadedManifest | None  # None for a bare <name>.wasm
+
+    @property
+    def has_manifest(self) -> bool:
+        return self.loaded_manifest is not None
+
+
+class Plugin(Protocol):
+    """A loaded, initialised plugin. Calls may come from many threads at once."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def kind(self) -> Kind: ...
+
+    @property
+    def source(self) -> PluginSource: ...
+
+    @property
+    def registration(self) -> Registration: ...
+
+    @property
+    def log(self) -> PluginLog: ...
+
+    def call(self, function: str, args: bytes, *, timeout: float | None = None) -> bytes:
+        """Run `function` with JSON `args`; return the JSON result (b"" for none).
+
+        `timeout` (seconds) can only shorten the manifest's `call_timeout_ms`.
+        Raises a `PluginCallError` subclass or `PluginUnavailable`.
+        """
+        ...
+
+    def shutdown(self) -> None:
+        """Release everything; bounded by `resources.shutdown_timeout_ms`."""
+        ...

@@ -1,0 +1,87 @@
+"""The registration: what a plugin says about itself (SPEC 5), for both runtimes.
+
+Parsed once from the JSON a plugin returns (`gk_register` or the `Register` RPC). Unknown
+fields are kept and ignored. The name is checked against the discovered name: identity is
+decided by the host, never self-declared.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ManifestError
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class Route(_Open):
+    method: str = "GET"
+    path: str
+    handler: str
+
+
+class Widget(_Open):
+    id: str
+    title: str = ""
+    handler: str
+    location: str = ""
+    size: str = ""
+    order: int = 0
+
+
+class Job(_Open):
+    id: str
+    handler: str
+    schedule: str = ""
+    enabled: bool = True
+    timeout: str | int | None = None
+
+
+class Registration(_Open):
+    name: str
+    version: str = "0.0.0"
+    description: str = ""
+    author: str = ""
+    license: str = ""
+    homepage: str = ""
+    routes: list[Route] = Field(default_factory=list)
+    menu_items: list[Any] = Field(default_factory=list)
+    widgets: list[Widget] = Field(default_factory=list)
+    jobs: list[Job] = Field(default_factory=list)
+    templates: list[Any] = Field(default_factory=list)
+    i18n: dict[str, Any] = Field(default_factory=dict)
+    error_codes: list[Any] = Field(default_factory=list)
+    min_host_version: str = ""
+    permissions: list[str] = Field(default_factory=list)
+
+
+def parse_registration(raw: bytes, *, expected_name: str, path: str | None = None
+                       ) -> Registration:
+    """Decode and validate registration JSON; its name must be `expected_name`."""
+
+    def fail(problem: str) -> ManifestError:
+        return ManifestError(f"registration {problem}", plugin=expected_name, path=path)
+
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise fail(f"is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise fail(f"must be a JSON object, got {type(data).__name__}")
+    if isinstance(data.get("version"), int | float):
+        data["version"] = str(data["version"])
+    try:
+        reg = Registration.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(x) for x in first["loc"])
+        raise fail(f"field {loc}: {first['msg']}") from None
+    if reg.name != expected_name:
+        raise fail(f"names the plugin {reg.name!r}, but it was discovered as "
+                   f"{expected_name!r}; a plugin cannot choose its own identity")
+    return reg

@@ -1,0 +1,1 @@
+"""Runtimes: each turns a `PluginSource` into a running `Plugin`."""

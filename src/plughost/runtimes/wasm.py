@@ -1,0 +1,490 @@
+"""The wasm runtime: gk v1 modules run in wasmtime, in-process, sandboxed (SPEC 3).
+
+Ownership is explicit: one `WasmEngine` (engine, epoch ticker, module cache) serves every
+wasm plugin; a `WasmPlugin` owns its compiled module and a small pool of `_Instance`s; an
+instance owns its `Store`. A store is never used by two threads at once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.metadata
+import logging
+import math
+import platform
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any, TypeVar
+
+import wasmtime
+
+from ..errors import (
+    HostCallError,
+    PlughostError,
+    PluginABIError,
+    PluginCallError,
+    PluginLoadError,
+    PluginResourceError,
+    PluginTimeout,
+    PluginTrap,
+    PluginUnavailable,
+)
+from ..host import HostContext, HostFunctions
+from ..logs import GK_LEVELS, LineWriter, PluginLog
+from ..plugin import Kind, PluginSource
+from ..registration import Registration, parse_registration
+from .wasm_abi import MASK64, check_module, pack, unpack
+from .wasm_cache import ModuleCache, default_cache_dir
+
+logger = logging.getLogger(__name__)
+
+TICK_SECONDS = 0.01  # epoch granularity: deadlines are honoured to about this
+_MIB = 1024 * 1024
+_PAGE = 65536
+
+
+class WasmEngine:
+    """The shared engine: compile settings, the epoch ticker that enforces deadlines, and
+    the compiled-module cache. Create one per host (the `Loader` does)."""
+
+    def __init__(self, cache_dir: Path | str | None = "default") -> None:
+        cfg = wasmtime.Config()
+        cfg.epoch_interruption = True
+        self.engine = wasmtime.Engine(cfg)
+        # Everything that changes the compiled code must be in the cache key.
+        fingerprint = ";".join([
+            f"wasmtime={importlib.metadata.version('wasmtime')}",
+            f"machine={platform.machine()}",
+            "epoch_interruption=1",
+        ])
+        directory = default_cache_dir() if cache_dir == "default" else (
+            Path(cache_dir) if cache_dir is not None else None)
+        self.cache = ModuleCache(self.engine, fingerprint, directory)
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def _ensure_ticker(self) -> None:
+        if self._ticker is not None:
+            return
+        with self._lock:
+            if self._ticker is None:
+                self._ticker = threading.Thread(
+                    target=self._tick, name="plughost-wasm-epoch", daemon=True)
+                self._ticker.start()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(TICK_SECONDS):
+            self.engine.increment_epoch()
+
+    def arm(self, store: wasmtime.Store, seconds: float) -> None:
+        """Make `store` trap once `seconds` have passed (used before every entry into wasm)."""
+        self._ensure_ticker()
+        store.set_epoch_deadline(max(1, math.ceil(seconds / TICK_SECONDS)) + 1)
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+class _ABIViolation(Exception):
+    """Raised inside a host import when the plugin hands over a bad pointer/length."""
+
+
+def _memory(caller: wasmtime.Caller | wasmtime.Instance, store: Any) -> wasmtime.Memory:
+    mem = caller.get("memory") if isinstance(caller, wasmtime.Caller) else \
+        caller.exports(store).get("memory")
+    if not isinstance(mem, wasmtime.Memory):
+        raise _ABIViolation("module has no exported memory")
+    return mem
+
+
+def _read(store: Any, mem: wasmtime.Memory, ptr: int, length: int, what: str) -> bytes:
+    """Copy `length` bytes at `ptr` out of plugin memory, after checking the bounds."""
+    size = mem.data_len(store)
+    if ptr < 0 or length < 0 or ptr + length > size:
+        raise _ABIViolation(
+            f"{what}: pointer {ptr} + length {length} is outside memory ({size} bytes)")
+    if length == 0:
+        return b""
+    base = ctypes.addressof(mem.data_ptr(store).contents)
+    return ctypes.string_at(base + ptr, length)
+
+
+def _write(store: Any, mem: wasmtime.Memory, ptr: int, data: bytes, what: str) -> None:
+    size = mem.data_len(store)
+    if ptr <= 0 or ptr + len(data) > size:
+        raise _ABIViolation(
+            f"{what}: gk_malloc returned {ptr} for {len(data)} bytes, outside memory "
+            f"({size} bytes)")
+    if data:
+        base = ctypes.addressof(mem.data_ptr(store).contents)
+        ctypes.memmove(base + ptr, data, len(data))
+
+
+_T = TypeVar("_T")
+
+
+def _export(exports: Any, name: str, kind: type[_T]) -> _T:
+    item = exports.get(name)
+    if not isinstance(item, kind):  # check_module ran first, so this is a host bug
+        raise _ABIViolation(f"export {name!r} is missing or not a {kind.__name__}")
+    return item
+
+
+class _Instance:
+    """One instance of the module in its own store; not thread-safe (the pool hands it to
+    one caller at a time)."""
+
+    def __init__(self, plugin: WasmPlugin) -> None:
+        self.plugin = plugin
+        self.error_message: str | None = None  # set by gk.error during a call
+        self.abi_error: str | None = None  # set by an import that met a bad pointer
+        engine = plugin.engine
+        limit = plugin.source.manifest.resources.memory_mb * _MIB
+        self.store = wasmtime.Store(engine.engine)
+        self.store.set_limits(memory_size=limit)
+        wasi = wasmtime.WasiConfig()  # nothing granted: no dirs, no env, no args
+        wasi.stdout_custom = plugin.stdout.write
+        wasi.stderr_custom = plugin.stderr.write
+        self.store.set_wasi(wasi)
+        linker = wasmtime.Linker(engine.engine)
+        linker.define_wasi()
+        i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
+        linker.define_func("gk", "host_call", wasmtime.FuncType([i32] * 4, [i64]),
+                           self._host_call, access_caller=True)
+        linker.define_func("gk", "log", wasmtime.FuncType([i32] * 3, []),
+                           self._log, access_caller=True)
+        linker.define_func("gk", "error", wasmtime.FuncType([i32] * 2, []),
+                           self._error, access_caller=True)
+        timeout = plugin.call_timeout
+        engine.arm(self.store, timeout)
+        self.instance = linker.instantiate(self.store, plugin.module)
+        exports = self.instance.exports(self.store)
+        self.memory = _export(exports, "memory", wasmtime.Memory)
+        self.gk_call = _export(exports, "gk_call", wasmtime.Func)
+        self.gk_malloc = _export(exports, "gk_malloc", wasmtime.Func)
+        self.gk_register = _export(exports, "gk_register", wasmtime.Func)
+        free, init = exports.get("gk_free"), exports.get("_initialize")
+        self.gk_free = free if isinstance(free, wasmtime.Func) else None
+        if isinstance(init, wasmtime.Func):
+            init(self.store)
+        self._check_abi()
+
+    # -- imports (run inside wasm calls, on the calling thread) --------------------------
+
+    def _host_call(self, caller: wasmtime.Caller, fp: int, fl: int, ap: int, al: int) -> int:
+        try:
+            mem = _memory(caller, caller)
+            fn = _read(caller, mem, fp, fl, "gk.host_call function name").decode(
+                "utf-8", "replace")
+            args = _read(caller, mem, ap, al, "gk.host_call args")
+        except _ABIViolation as exc:
+            self.abi_error = str(exc)
+            raise
+        try:
+            result = self.plugin.host.dispatch(self.plugin.host_context, fn, args)
+        except HostCallError:
+            return 0  # already logged in the plugin's log by dispatch
+        malloc = caller.get("gk_malloc")
+        assert isinstance(malloc, wasmtime.Func)
+        ptr = malloc(caller, len(result))
+        if not ptr:
+            self.plugin.log.warning(f"gk_malloc({len(result)}) returned 0 for a host_call "
+                                    "result", source="host")
+            return 0
+        try:
+            _write(caller, _memory(caller, caller), ptr, result, "gk.host_call result")
+        except _ABIViolation as exc:
+            self.abi_error = str(exc)
+            raise
+        return pack(ptr, len(result))
+
+    def _log(self, caller: wasmtime.Caller, level: int, ptr: int, length: int) -> None:
+        try:
+            msg = _read(caller, _memory(caller, caller), ptr, length, "gk.log message")
+        except _ABIViolation as exc:
+            self.abi_error = str(exc)
+            raise
+        self.plugin.log.log(GK_LEVELS.get(level, logging.ERROR),
+                            msg.decode("utf-8", "replace"), source="plugin")
+
+    def _error(self, caller: wasmtime.Caller, ptr: int, length: int) -> None:
+        try:
+            msg = _read(caller, _memory(caller, caller), ptr, length, "gk.error message")
+        except _ABIViolation as exc:
+            self.abi_error = str(exc)
+            raise
+        self.error_message = msg.decode("utf-8", "replace") or "plugin reported an error"
+
+    # -- calls into the plugin ----------------------------------------------------------
+
+    def _check_abi(self) -> None:
+        if self.abi_error is not None:
+            raise _ABIViolation(self.abi_error)
+
+    def _result(self, packed: int, what: str) -> bytes:
+        ptr, length = unpack(packed)
+        if packed & MASK64 == 0:
+            return b""
+        data = _read(self.store, self.memory, ptr, length, what)  # copied out: safe to reuse
+        if self.gk_free is not None:
+            self.gk_free(self.store, ptr)
+        return data
+
+    def _put(self, data: bytes, what: str) -> int:
+        if not data:
+            return 0
+        ptr = self.gk_malloc(self.store, len(data))
+        if not ptr:
+            raise PluginResourceError(
+                f"gk_malloc({len(data)}) returned 0 while passing {what}: out of memory",
+                plugin=self.plugin.name)
+        _write(self.store, self.memory, ptr, data, what)
+        return int(ptr)
+
+    def register(self) -> bytes:
+        self.plugin.engine.arm(self.store, self.plugin.call_timeout)
+        raw = self._result(self.gk_register(self.store), "gk_register result")
+        self._check_abi()
+        return raw
+
+    def call(self, function: str, args: bytes, timeout: float) -> bytes:
+        self.error_message = self.abi_error = None
+        self.plugin.engine.arm(self.store, timeout)
+        fn = function.encode()
+        fp = self._put(fn, "the function name")
+        ap = self._put(args, "the arguments")
+        packed = self.gk_call(self.store, fp, len(fn), ap, len(args))
+        self._check_abi()
+        if self.gk_free is not None:
+            for p in (fp, ap):
+                if p:
+                    self.gk_free(self.store, p)
+        result = self._result(packed, "gk_call result")
+        if self.error_message is not None:
+            raise PluginCallError(self.error_message, plugin=self.plugin.name,
+                                  function=function)
+        return result
+
+    def near_memory_limit(self) -> bool:
+        limit = self.plugin.source.manifest.resources.memory_mb * _MIB
+        try:
+            return self.memory.data_len(self.store) + _PAGE > limit
+        except Exception:
+            return False
+
+
+class WasmPlugin:
+    """A loaded wasm plugin: its compiled module and a pool of instances.
+
+    By default the pool holds one instance and calls are serialized on it, so plugin state
+    persists between calls. A trap, deadline overrun or ABI violation discards the instance;
+    a fresh one is made for the next call.
+    """
+
+    kind: Kind = "wasm"
+
+    def __init__(self, source: PluginSource, engine: WasmEngine, module: wasmtime.Module,
+                 host: HostFunctions, log: PluginLog, granted: frozenset[str] | None) -> None:
+        self._source = source
+        self.engine = engine
+        self.module = module
+        self.host = host
+        self._log = log
+        self.stdout = LineWriter(log, "stdout")
+        self.stderr = LineWriter(log, "stderr", logging.WARNING)
+        res = source.manifest.resources
+        self.call_timeout = res.call_timeout_ms / 1000
+        self._max = res.max_instances
+        self._idle: queue.LifoQueue[_Instance] = queue.LifoQueue()
+        self._created = 0
+        self._pool_lock = threading.Lock()
+        self._closed = False
+        self._busy = threading.local()
+        # The first instance proves the module works and tells us who it says it is.
+        self.host_context = self._context(granted or frozenset())
+        first = self._new_instance(loading=True)
+        try:
+            raw = first.register()
+        except Exception as exc:
+            raise self._load_error(exc, "gk_register") from exc
+        self._registration = parse_registration(raw, expected_name=source.name,
+                                                path=str(source.path))
+        if granted is None:  # a bare .wasm: the registration's own list is the grant
+            self.host_context = self._context(frozenset(self._registration.permissions))
+        self._idle.put(first)
+
+    def _context(self, permissions: frozenset[str]) -> HostContext:
+        m = self._source.manifest
+        reg = getattr(self, "_registration", None)
+        return HostContext(plugin=self.name, permissions=permissions, log=self._log,
+                           config=dict(m.config), allowed_hosts=tuple(m.allowed_hosts),
+                           i18n=dict(reg.i18n) if reg else {})
+
+    # -- Plugin protocol ---------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self._source.name
+
+    @property
+    def source(self) -> PluginSource:
+        return self._source
+
+    @property
+    def registration(self) -> Registration:
+        return self._registration
+
+    @property
+    def log(self) -> PluginLog:
+        return self._log
+
+    def call(self, function: str, args: bytes, *, timeout: float | None = None) -> bytes:
+        limit = self.call_timeout if timeout is None else min(timeout, self.call_timeout)
+        deadline = time.monotonic() + limit
+        held: set[int] = getattr(self._busy, "held", None) or set()
+        if id(self) in held and self._max == 1:
+            raise PluginCallError("re-entrant call: the plugin's only instance is busy in "
+                                  "this very call chain", plugin=self.name, function=function)
+        inst = self._acquire(function, deadline)
+        held.add(id(self))
+        self._busy.held = held
+        healthy = False
+        try:
+            result = inst.call(function, args, max(0.0, deadline - time.monotonic()))
+            healthy = True
+            return result
+        except PluginCallError as exc:
+            # gk.error is a clean, reported failure: the instance stays. Resource errors
+            # leave it in an unknown state.
+            healthy = type(exc) is PluginCallError
+            raise
+        except Exception as exc:
+            raise self._call_error(exc, inst, function, limit) from None
+        finally:
+            held.discard(id(self))
+            self._release(inst, healthy)
+
+    def shutdown(self) -> None:
+        with self._pool_lock:
+            self._closed = True
+        while True:
+            try:
+                self._idle.get_nowait()
+            except queue.Empty:
+                break
+        self.stdout.flush()
+        self.stderr.flush()
+
+    # -- pool ----------------------------------------------------------------------------
+
+    def _new_instance(self, loading: bool = False) -> _Instance:
+        try:
+            return _Instance(self)
+        except Exception as exc:
+            if loading:
+                raise self._load_error(exc, "instantiation") from exc
+            raise self._call_error(exc, None, "(new instance)", self.call_timeout) from exc
+
+    def _acquire(self, function: str, deadline: float) -> _Instance:
+        while True:
+            try:
+                return self._idle.get_nowait()
+            except queue.Empty:
+                pass
+            with self._pool_lock:
+                if self._closed:
+                    raise PluginUnavailable("plugin has been shut down", plugin=self.name)
+                grow = self._created < self._max
+                if grow:
+                    self._created += 1
+            if grow:
+                try:
+                    return self._new_instance()
+                except BaseException:
+                    with self._pool_lock:
+                        self._created -= 1
+                    raise
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise PluginTimeout("no instance became free before the deadline",
+                                    plugin=self.name, function=function)
+            try:
+                return self._idle.get(timeout=min(remaining, 0.25))
+            except queue.Empty:
+                continue
+
+    def _release(self, inst: _Instance, healthy: bool) -> None:
+        with self._pool_lock:
+            if healthy and not self._closed:
+                self._idle.put(inst)
+                return
+            if not healthy:
+                self._created -= 1  # discarded: the next call builds a fresh one
+        if not healthy:
+            self._log.warning("instance discarded after a failed call; the next call gets a "
+                              "fresh one", source="host")
+
+    # -- error mapping -------------------------------------------------------------------
+
+    def _load_error(self, exc: BaseException, stage: str) -> PlughostError:
+        if isinstance(exc, PlughostError):
+            return exc
+        return PluginLoadError(f"{stage} failed: {_describe(exc)}", plugin=self.name,
+                               path=str(self._source.path))
+
+    def _call_error(self, exc: BaseException, inst: _Instance | None, function: str,
+                    limit: float) -> PlughostError:
+        if isinstance(exc, PlughostError):
+            return exc
+        if isinstance(exc, _ABIViolation):
+            return PluginABIError(str(exc), plugin=self.name, function=function)
+        if isinstance(exc, wasmtime.Trap):
+            if exc.trap_code == wasmtime.TrapCode.INTERRUPT:
+                return PluginTimeout(f"call exceeded its deadline of {limit * 1000:.0f} ms",
+                                     plugin=self.name, function=function)
+            if inst is not None and inst.near_memory_limit():
+                return PluginResourceError(
+                    f"trapped at the memory limit of "
+                    f"{self._source.manifest.resources.memory_mb} MiB: {_describe(exc)}",
+                    plugin=self.name, function=function)
+            return PluginTrap(_describe(exc), plugin=self.name, function=function)
+        if isinstance(exc, wasmtime.WasmtimeError):
+            return PluginTrap(_describe(exc), plugin=self.name, function=function)
+        # A Python error escaping a host import: a host bug, reported as the call's failure.
+        logger.exception("unexpected error during a call to %s.%s", self.name, function)
+        return PluginCallError(f"host error during the call: {exc!r}", plugin=self.name,
+                               function=function)
+
+
+def _describe(exc: BaseException) -> str:
+    text = exc.message if isinstance(exc, wasmtime.Trap) else str(exc)
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return first
+
+
+def compile_module(engine: WasmEngine, wasm: bytes, *, name: str, path: Path
+                   ) -> wasmtime.Module:
+    """Compile (or fetch from the cache) and ABI-check a module; errors name the plugin."""
+    if not wasm.startswith(b"\0asm"):
+        raise PluginLoadError("not a WebAssembly module (bad magic bytes)", plugin=name,
+                              path=path)
+    try:
+        module = engine.cache.compile(wasm)
+    except wasmtime.WasmtimeError as exc:
+        raise PluginLoadError(f"invalid module: {_describe(exc)}", plugin=name,
+                              path=path) from None
+    problems = check_module(module)
+    if problems:
+        raise PluginLoadError("; ".join(problems), plugin=name, path=path)
+    return module
+
+
+def load_wasm_plugin(source: PluginSource, wasm: bytes, engine: WasmEngine,
+                     host: HostFunctions, log: PluginLog) -> WasmPlugin:
+    """Compile, instantiate, initialise and register one version of a wasm plugin."""
+    module = compile_module(engine, wasm, name=source.name, path=source.entry)
+    granted = frozenset(source.manifest.permissions) if source.has_manifest else None
+    return WasmPlugin(source, engine, module, host, log, granted)

@@ -1,0 +1,85 @@
+"""Shared fixtures: real modules assembled from WAT in tests/fixtures, real wasmtime."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import wasmtime
+import yaml
+
+from plughost import Loader, Manager
+from plughost.runtimes.wasm import WasmEngine
+
+FIXTURES = Path(__file__).parent / "fixtures"
+WAT = FIXTURES / "wat"
+EXAMPLES = Path(__file__).parent.parent / "examples" / "plugins"
+
+
+def wat_bytes(wat: str = "testkit", name: str = "tk", version: str = "1.0.0") -> bytes:
+    """Assemble tests/fixtures/wat/<wat>.wat with its registration name set to `name`."""
+    text = (WAT / f"{wat}.wat").read_text()
+    return wasmtime.wat2wasm(text.replace("__NAME__", name).replace("__VERSION__", version))
+
+
+def write_wasm(directory: Path, name: str, wat: str = "testkit", version: str = "1.0.0"
+               ) -> Path:
+    """A single-file plugin `<directory>/<name>.wasm`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.wasm"
+    path.write_bytes(wat_bytes(wat, name, version))
+    return path
+
+
+def write_plugin_dir(directory: Path, name: str, manifest: dict[str, Any] | None = None,
+                     wat: str = "testkit", version: str = "1.0.0") -> Path:
+    """A plugin directory `<directory>/<name>/` with plugin.yaml and `<name>.wasm`."""
+    pdir = directory / name
+    pdir.mkdir(parents=True, exist_ok=True)
+    (pdir / f"{name}.wasm").write_bytes(wat_bytes(wat, name, version))
+    data: dict[str, Any] = {"name": name, "version": version, "runtime": "wasm"}
+    data.update(manifest or {})
+    (pdir / "plugin.yaml").write_text(yaml.safe_dump(data))
+    return pdir
+
+
+@pytest.fixture(scope="session")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WasmEngine]:
+    """One engine for the session, with its own module cache (compiles are the slow part)."""
+    eng = WasmEngine(tmp_path_factory.mktemp("modcache"))
+    yield eng
+    eng.close()
+
+
+@pytest.fixture
+def plugins(tmp_path: Path) -> Path:
+    d = tmp_path / "plugins"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def manager() -> Iterator[Manager]:
+    m = Manager(drain_timeout=10.0)
+    yield m
+    m.close()
+
+
+@pytest.fixture
+def make_loader(plugins: Path, manager: Manager, engine: WasmEngine
+                ) -> Callable[..., Loader]:
+    def make(lazy: bool = False, directory: Path | None = None) -> Loader:
+        return Loader(directory or plugins, manager, lazy=lazy, engine=engine)
+
+    return make
+
+
+@pytest.fixture
+def examples(tmp_path: Path) -> Path:
+    """A private copy of examples/plugins (tests may modify it)."""
+    dest = tmp_path / "examples"
+    shutil.copytree(EXAMPLES, dest)
+    return dest
