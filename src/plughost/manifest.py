@@ -62,7 +62,7 @@ class Manifest(_Strict):
     homepage: str = ""
     permissions: list[str] = Field(default_factory=list)
     config: dict[str, Any] = Field(default_factory=dict)
-    resources: Resources = Field(default_factory=lambda: Resources())
+    resources: Resources = Field(default_factory=Resources)
     allowed_hosts: list[str] = Field(default_factory=list)
     env: list[str] = Field(default_factory=list)
     handshake: Handshake = Field(default_factory=Handshake)
