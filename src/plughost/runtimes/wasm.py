@@ -306,6 +306,7 @@ class WasmPlugin:
         # The first instance proves the module works and tells us who it says it is.
         self.host_context = self._context(granted or frozenset())
         first = self._new_instance(loading=True)
+        self._created = 1
         try:
             raw = first.register()
         except Exception as exc:
