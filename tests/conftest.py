@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,15 @@ def write_plugin_dir(directory: Path, name: str, manifest: dict[str, Any] | None
     data.update(manifest or {})
     (pdir / "plugin.yaml").write_text(yaml.safe_dump(data))
     return pdir
+
+
+def wait_until(pred: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll a condition that has no event to wait on (e.g. a call entering wasm)."""
+    end = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > end:
+            raise AssertionError("condition not reached")
+        time.sleep(0.001)
 
 
 @pytest.fixture(scope="session")

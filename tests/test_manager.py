@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,16 +20,7 @@ from plughost import (
     PluginUnavailable,
 )
 
-from .conftest import write_plugin_dir, write_wasm
-
-
-def wait_until(pred: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll a condition that has no event to wait on (e.g. a call entering wasm)."""
-    end = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > end:
-            raise AssertionError("condition not reached")
-        time.sleep(0.001)
+from .conftest import wait_until, write_plugin_dir, write_wasm
 
 
 def build(loader: Loader, name: str):  # type: ignore[no-untyped-def]
