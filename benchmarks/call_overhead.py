@@ -57,6 +57,7 @@ ARGS: dict[str, Any] = {"msg": "hello"}
 ARGS_BYTES = json.dumps(ARGS, separators=(",", ":")).encode()
 MASK32 = 0xFFFF_FFFF
 MASK64 = 0xFFFF_FFFF_FFFF_FFFF
+REFS = ("timer", "a0", "b0", "hop")  # reference rows, not layers of the stack
 
 
 @dataclass
@@ -134,6 +135,56 @@ class RawModule:
         self.free(store, fp)
         self.free(store, ap)
         self.free(store, rp)
+        return out
+
+
+class UncheckedCalls:
+    """Reference only: the same calls through wasmtime-py's private FFI
+    (`wasmtime_func_call_unchecked` with preallocated raw argument arrays), i.e. what a call
+    costs without `Func.__call__`'s per-call type lookup and value conversion. Not something
+    plughost can use as is (private API, no trap/exception plumbing); it shows the floor."""
+
+    def __init__(self, raw: RawModule) -> None:
+        from wasmtime import _ffi as ffi
+
+        self.raw = raw
+        self._call = ffi.wasmtime_func_call_unchecked
+        self._ctx = raw.store._context()
+        self._trap = ctypes.POINTER(ffi.wasm_trap_t)()
+        self._tref = ctypes.byref(self._trap)
+        self._arr = (ffi.wasmtime_val_raw_t * 4)()
+        self._malloc = ctypes.byref(raw.malloc._func)
+        self._free = ctypes.byref(raw.free._func)
+        self._gk_call = ctypes.byref(raw.gk_call._func)
+
+    def _invoke(self, func: Any, nargs: int) -> None:
+        if self._call(self._ctx, func, self._arr, 4, self._tref) or self._trap:
+            raise RuntimeError("wasm call failed")
+
+    def one_call(self) -> int:
+        self._arr[0].i32 = 8
+        self._invoke(self._malloc, 1)
+        return int(self._arr[0].i32)
+
+    def protocol(self) -> bytes:
+        arr, fn, args = self._arr, b"echo", ARGS_BYTES
+        arr[0].i32 = len(fn)
+        self._invoke(self._malloc, 1)
+        fp = arr[0].i32
+        arr[0].i32 = len(args)
+        self._invoke(self._malloc, 1)
+        ap = arr[0].i32
+        base = self.raw._base()
+        ctypes.memmove(base + fp, fn, len(fn))
+        ctypes.memmove(base + ap, args, len(args))
+        arr[0].i32, arr[1].i32, arr[2].i32, arr[3].i32 = fp, len(fn), ap, len(args)
+        self._invoke(self._gk_call, 4)
+        packed = arr[0].i64 & MASK64
+        rp, rl = packed >> 32, packed & MASK32
+        out = ctypes.string_at(self.raw._base() + rp, rl)
+        for p in (fp, ap, rp):
+            arr[0].i32 = p
+            self._invoke(self._free, 1)
         return out
 
 
@@ -220,10 +271,12 @@ def main() -> int:
         plugin = manager.get(NAME)
         assert plugin is not None
         raw = RawModule(wasm)
+        fast = UncheckedCalls(raw)
 
         # Every layer must do the same work: check that they all echo the args.
         assert raw.protocol() == ARGS_BYTES
         assert raw.gk_call_only() == ARGS_BYTES
+        assert fast.protocol() == ARGS_BYTES
         assert plugin.call(FUNCTION, ARGS_BYTES) == ARGS_BYTES
         assert manager.call_raw(NAME, FUNCTION, ARGS_BYTES) == ARGS_BYTES
         assert manager.call(NAME, FUNCTION, ARGS) == ARGS
@@ -238,6 +291,8 @@ def main() -> int:
         layers = [
             Layer("timer", "(timer + empty lambda: the floor of every sample)",
                   fn=lambda: None),
+            Layer("a0", "(ref: a via private unchecked FFI call)", fn=fast.one_call),
+            Layer("b0", "(ref: b via private unchecked FFI calls)", fn=fast.protocol),
             Layer("a", "a  raw wasmtime: gk_malloc(8)", fn=raw.one_call),
             Layer("a2", "a2 raw wasmtime: gk_call only (args pre-written)",
                   fn=raw.gk_call_only),
@@ -263,7 +318,7 @@ def main() -> int:
         prev: float | None = None
         for ly in layers:
             s = stats[ly.key]
-            step = "" if prev is None or ly.key in ("timer", "hop") else \
+            step = "" if prev is None or ly.key in REFS else \
                 f"+{fmt_ns(s.median - prev)}"
             rows.append([ly.label, fmt_ns(s.median), fmt_ns(s.p99), fmt_ns(batch[ly.key]),
                          fmt_ratio(s.median / base), step])
@@ -271,7 +326,7 @@ def main() -> int:
                                  "median_ns": s.median, "p99_ns": s.p99,
                                  "batch_mean_ns": batch[ly.key], "ratio_vs_a": s.median / base,
                                  "samples": s.n})
-            if ly.key not in ("timer", "hop", "a2"):
+            if ly.key not in (*REFS, "a2"):
                 prev = s.median
         print(table(["layer", "median", "p99", "mean (batched)", "vs a", "step"], rows))
         e, a = stats["e"].median, stats["a"].median
