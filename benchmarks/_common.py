@@ -87,6 +87,52 @@ def time_once(fn: Callable[[], object]) -> int:
     return clock() - t0
 
 
+def profile(run: Callable[[], object], n: int,
+            points: Sequence[tuple[str, Any, str]], top: int = 10
+            ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Run `run` n times under cProfile. Returns (inclusive time per run of each function in
+    `points` = (label, owner, "Class.method"), looked up defensively since src/ changes;
+    the `top` functions by own time). Times are profiler-inflated: read the shares."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(n):
+        run()
+    prof.disable()
+    raw: dict[Any, Any] = pstats.Stats(prof).stats  # type: ignore[attr-defined]
+    total_own = sum(v[2] for v in raw.values())
+    inclusive = []
+    for label, owner, dotted in points:
+        obj: Any = owner
+        for part in dotted.split("."):
+            obj = getattr(obj, part, None)
+        code = getattr(obj, "__code__", None)
+        v = None if code is None else raw.get(
+            (code.co_filename, code.co_firstlineno, code.co_name))
+        if v is None:
+            continue
+        inclusive.append({"function": label, "calls_per_op": v[1] / n,
+                          "incl_us_per_op": v[3] / n * 1e6, "share": v[3] / total_own})
+    own = []
+    for (file, line, func), v in sorted(raw.items(), key=lambda kv: -kv[1][2])[:top]:
+        where = f"{Path(file).parent.name}/{Path(file).name}:{line}({func})" if line else func
+        own.append({"function": where, "calls_per_op": v[1] / n,
+                    "own_us_per_op": v[2] / n * 1e6, "share": v[2] / total_own})
+    return inclusive, own
+
+
+def profile_tables(inclusive: list[dict[str, Any]], own: list[dict[str, Any]]) -> str:
+    a = table(["function", "calls/op", "incl. µs/op", "share"],
+              [[r["function"], f"{r['calls_per_op']:.0f}", f"{r['incl_us_per_op']:.1f}",
+                f"{r['share'] * 100:.1f}%"] for r in inclusive])
+    b = table(["function (top own time)", "calls/op", "own µs/op", "share"],
+              [[r["function"], f"{r['calls_per_op']:.0f}", f"{r['own_us_per_op']:.1f}",
+                f"{r['share'] * 100:.1f}%"] for r in own])
+    return a + "\n\n" + b
+
+
 def fmt_ns(ns: float) -> str:
     if ns < 1_000:
         return f"{ns:.0f} ns"
@@ -95,6 +141,10 @@ def fmt_ns(ns: float) -> str:
     if ns < 1_000_000_000:
         return f"{ns / 1_000_000:.2f} ms"
     return f"{ns / 1_000_000_000:.3f} s"
+
+
+def fmt_delta(ns: float) -> str:
+    return ("+" if ns >= 0 else "-") + fmt_ns(abs(ns))
 
 
 def fmt_ratio(x: float) -> str:
@@ -156,6 +206,16 @@ def header(title: str, quick: bool) -> None:
     print(f"== {title}{' (--quick)' if quick else ''}")
     print(f"   python {m['python']}, wasmtime {m['wasmtime']}, {m['cpus']} cpus, "
           f"{m['platform']}")
+    print(f"   load average at start: {loadavg()} (other work on the machine adds noise)")
+
+
+def loadavg() -> str:
+    import os
+
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
 
 
 def write_json(path: Path | None, summary: dict[str, Any]) -> None:

@@ -20,12 +20,9 @@ Layers (each includes the one before it, more or less):
 from __future__ import annotations
 
 import asyncio
-import cProfile
 import ctypes
 import gc
-import io
 import json
-import pstats
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -38,10 +35,13 @@ import wasmtime
 from _common import (
     Stats,
     clock,
+    fmt_delta,
     fmt_ns,
     fmt_ratio,
     header,
     parser,
+    profile,
+    profile_tables,
     table,
     time_batch,
     time_each,
@@ -157,34 +157,34 @@ class UncheckedCalls:
         self._free = ctypes.byref(raw.free._func)
         self._gk_call = ctypes.byref(raw.gk_call._func)
 
-    def _invoke(self, func: Any, nargs: int) -> None:
+    def _invoke(self, func: Any) -> None:
         if self._call(self._ctx, func, self._arr, 4, self._tref) or self._trap:
             raise RuntimeError("wasm call failed")
 
     def one_call(self) -> int:
         self._arr[0].i32 = 8
-        self._invoke(self._malloc, 1)
+        self._invoke(self._malloc)
         return int(self._arr[0].i32)
 
     def protocol(self) -> bytes:
         arr, fn, args = self._arr, b"echo", ARGS_BYTES
         arr[0].i32 = len(fn)
-        self._invoke(self._malloc, 1)
+        self._invoke(self._malloc)
         fp = arr[0].i32
         arr[0].i32 = len(args)
-        self._invoke(self._malloc, 1)
+        self._invoke(self._malloc)
         ap = arr[0].i32
         base = self.raw._base()
         ctypes.memmove(base + fp, fn, len(fn))
         ctypes.memmove(base + ap, args, len(args))
         arr[0].i32, arr[1].i32, arr[2].i32, arr[3].i32 = fp, len(fn), ap, len(args)
-        self._invoke(self._gk_call, 4)
+        self._invoke(self._gk_call)
         packed = arr[0].i64 & MASK64
         rp, rl = packed >> 32, packed & MASK32
         out = ctypes.string_at(self.raw._base() + rp, rl)
         for p in (fp, ap, rp):
             arr[0].i32 = p
-            self._invoke(self._free, 1)
+            self._invoke(self._free)
         return out
 
 
@@ -229,25 +229,26 @@ def measure(layers: list[Layer], raw: RawModule, n: int, reps: int, warmup: int)
         loop.close()
 
 
-def profile_call(manager: Manager, n: int, top: int = 14) -> tuple[str, list[dict[str, Any]]]:
-    """cProfile of `manager.call` (layer e): where its time goes, by own time."""
-    prof = cProfile.Profile()
-    prof.enable()
-    for _ in range(n):
-        manager.call(NAME, FUNCTION, ARGS)
-    prof.disable()
-    buf = io.StringIO()
-    st = pstats.Stats(prof, stream=buf)
-    st.sort_stats("tottime").print_stats(top)
-    raw_stats: dict[Any, Any] = st.stats  # type: ignore[attr-defined]
-    total = sum(v[2] for v in raw_stats.values())
-    rows = []
-    for (file, line, func), (_cc, ncalls, tottime, _cum, _callers) in sorted(
-            raw_stats.items(), key=lambda kv: -kv[1][2])[:top]:
-        where = f"{Path(file).name}:{line}({func})" if line else func
-        rows.append({"function": where, "calls_per_op": ncalls / n,
-                     "own_us_per_op": tottime / n * 1e6, "share": tottime / total})
-    return buf.getvalue(), rows
+def profile_points() -> list[tuple[str, Any, str]]:
+    from plughost import manager as mgr
+    from plughost.runtimes import wasm as rt
+
+    return [
+        ("Manager.call", mgr, "Manager.call"),
+        ("  encode_args", mgr, "encode_args"),
+        ("  decode_result", mgr, "decode_result"),
+        ("  Manager.call_raw", mgr, "Manager.call_raw"),
+        ("    Manager._acquire", mgr, "Manager._acquire"),
+        ("    _Entry.done", mgr, "_Entry.done"),
+        ("    WasmPlugin.call", rt, "WasmPlugin.call"),
+        ("      WasmPlugin._acquire", rt, "WasmPlugin._acquire"),
+        ("      WasmPlugin._release", rt, "WasmPlugin._release"),
+        ("      _Instance.call", rt, "_Instance.call"),
+        ("        WasmEngine.arm", rt, "WasmEngine.arm"),
+        ("        _Instance._put (malloc+write)", rt, "_Instance._put"),
+        ("        _Instance._result (read+free)", rt, "_Instance._result"),
+        ("wasmtime Func.__call__ (all)", wasmtime.Func, "__call__"),
+    ]
 
 
 def main() -> int:
@@ -283,7 +284,7 @@ def main() -> int:
         assert asyncio.run(manager.acall(NAME, FUNCTION, ARGS)) == ARGS
         raw.reset_arena()
 
-        hop_pool = ThreadPoolExecutor(1)
+        hop_pool = ThreadPoolExecutor(32)  # like the manager's own pool
 
         async def hop() -> None:
             await asyncio.get_running_loop().run_in_executor(hop_pool, _noop)
@@ -305,7 +306,7 @@ def main() -> int:
                   fn=lambda: manager.call(NAME, FUNCTION, ARGS)),
             Layer("f", "f  await manager.acall (sequential)",
                   afn=lambda: manager.acall(NAME, FUNCTION, ARGS)),
-            Layer("hop", "(ref: await run_in_executor(no-op), 1 thread)", afn=hop),
+            Layer("hop", "(ref: await run_in_executor(no-op), pool of 32)", afn=hop),
         ]
         print(f"   {reps} rounds x {n} calls per layer, interleaved; warm-up {warmup}\n")
         measure(layers, raw, n, reps, warmup)
@@ -319,7 +320,7 @@ def main() -> int:
         for ly in layers:
             s = stats[ly.key]
             step = "" if prev is None or ly.key in REFS else \
-                f"+{fmt_ns(s.median - prev)}"
+                fmt_delta(s.median - prev)
             rows.append([ly.label, fmt_ns(s.median), fmt_ns(s.p99), fmt_ns(batch[ly.key]),
                          fmt_ratio(s.median / base), step])
             summary_rows.append({"key": ly.key, "label": ly.label.strip(),
@@ -334,19 +335,16 @@ def main() -> int:
               f"call ({fmt_ns(a)}); {fmt_ratio(e / stats['b'].median)} the hand-written gk "
               "protocol")
 
-        text, prof_rows = profile_call(manager, 2000 if quick else 20000)
-        print("\n   cProfile of manager.call (own time, sorted; profiler overhead inflates "
-              "small functions):")
-        print(table(["function", "calls/op", "own µs/op", "share"],
-                    [[r["function"], f"{r['calls_per_op']:.0f}",
-                      f"{r['own_us_per_op']:.2f}", f"{r['share'] * 100:.1f}%"]
-                     for r in prof_rows]))
+        inclusive, own = profile(lambda: manager.call(NAME, FUNCTION, ARGS),
+                                 2000 if quick else 20000, profile_points())
+        print("\n   cProfile of manager.call, per call (profiler-inflated; read the shares):")
+        print(profile_tables(inclusive, own))
 
         manager.close()
         engine.close()
         write_json(args.json, {
             "benchmark": "call_overhead", "quick": quick, "rows": summary_rows,
-            "profile": prof_rows,
+            "profile_inclusive": inclusive, "profile_own": own,
             "headline": {"manager_call_ns": e, "raw_call_ns": a, "ratio": e / a},
         })
     return 0

@@ -25,6 +25,7 @@ from .errors import (
 from .manager import Manager
 from .manifest import LoadedManifest, Manifest, load_manifest
 from .plugin import Kind, Plugin, PluginSource
+from .runtimes.grpc import RestartPolicy, load_grpc_plugin
 from .runtimes.wasm import WasmEngine, load_wasm_plugin
 
 logger = logging.getLogger(__name__)
@@ -57,12 +58,13 @@ class Loader:
     """Discovery and loading for one plugin directory (SPEC 1)."""
 
     def __init__(self, plugin_dir: str | Path, manager: Manager, *, lazy: bool = False,
-                 cache_dir: str | Path | None = "default", engine: WasmEngine | None = None
-                 ) -> None:
+                 cache_dir: str | Path | None = "default", engine: WasmEngine | None = None,
+                 restart_policy: RestartPolicy | None = None) -> None:
         self.plugin_dir = Path(plugin_dir)
         self.manager = manager
         self.lazy = lazy
         self.engine = engine or WasmEngine(cache_dir)
+        self.restart_policy = restart_policy or RestartPolicy()
         self._found: dict[str, Found] = {}
         self._all: list[Found] = []
         self._extra: dict[str, Found] = {}  # load_wasm_from_path: outside the tree
@@ -290,16 +292,19 @@ class Loader:
     def _build(self, found: Found) -> Plugin:
         source = self._source(found)
         log = self.manager.log_for(source.name)
-        if source.kind == "grpc":
-            raise PluginLoadError("grpc plugins are not supported by this version yet",
-                                  plugin=source.name, path=source.path)
         try:
-            wasm = source.entry.read_bytes()
-        except OSError as exc:
-            raise PluginLoadError(f"cannot read module: {exc}", plugin=source.name,
-                                  path=source.entry) from None
-        try:
-            plugin = load_wasm_plugin(source, wasm, self.engine, self.manager.host, log)
+            plugin: Plugin
+            if source.kind == "grpc":
+                plugin = load_grpc_plugin(
+                    source, self.manager.host, log, policy=self.restart_policy,
+                    on_event=lambda kind, detail: self.manager.emit(kind, source.name, detail))
+            else:
+                try:
+                    wasm = source.entry.read_bytes()
+                except OSError as exc:
+                    raise PluginLoadError(f"cannot read module: {exc}", plugin=source.name,
+                                          path=source.entry) from None
+                plugin = load_wasm_plugin(source, wasm, self.engine, self.manager.host, log)
         except PlughostError as exc:
             log.error(f"load failed: {exc}", source="host")
             raise

@@ -53,6 +53,7 @@ class PluginInfo:
     loaded_at: float
     enabled: bool
     inflight: int
+    state: str
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,8 @@ class Manager:
         with self._lock:
             entries = list(self._entries.values())
         return sorted((PluginInfo(e.plugin.name, e.plugin.kind, e.plugin.registration.version,
-                                  str(e.plugin.source.path), e.loaded_at, e.enabled, e.inflight)
+                                  str(e.plugin.source.path), e.loaded_at, e.enabled, e.inflight,
+                                  e.plugin.state)
                        for e in entries), key=lambda i: i.name)
 
     def info(self, name: str) -> PluginInfo | None:

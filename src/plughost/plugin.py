@@ -47,6 +47,11 @@ class Plugin(Protocol):
     @property
     def log(self) -> PluginLog: ...
 
+    @property
+    def state(self) -> str:
+        """running | restarting | failed | stopped (wasm plugins are always running)."""
+        ...
+
     def call(self, function: str, args: bytes, *, timeout: float | None = None) -> bytes:
         """Run `function` with JSON `args`; return the JSON result (b"" for none).
 

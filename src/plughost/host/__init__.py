@@ -4,6 +4,18 @@ One table serves both runtimes: wasm's `gk.host_call` and grpc's `Host.HostCall`
 `HostFunctions.dispatch`.
 """
 
-from .dispatch import HostContext, HostFunction, HostFunctions, default_host_functions
+from .dispatch import (
+    HostContext,
+    HostFunction,
+    HostFunctions,
+    context_for,
+    default_host_functions,
+)
 
-__all__ = ["HostContext", "HostFunction", "HostFunctions", "default_host_functions"]
+__all__ = [
+    "HostContext",
+    "HostFunction",
+    "HostFunctions",
+    "context_for",
+    "default_host_functions",
+]

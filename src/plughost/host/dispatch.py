@@ -11,6 +11,8 @@ from typing import Any
 
 from ..errors import HostCallError, PermissionDenied
 from ..logs import PluginLog
+from ..plugin import PluginSource
+from ..registration import Registration
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +27,20 @@ class HostContext:
     config: Mapping[str, Any] = field(default_factory=dict)
     allowed_hosts: tuple[str, ...] = ()
     i18n: Mapping[str, Any] = field(default_factory=dict)
+
+
+def context_for(source: PluginSource, log: PluginLog, registration: Registration
+                ) -> HostContext:
+    """The host's view of a plugin, for both runtimes.
+
+    The grant is the manifest's `permissions` (the operator's word). A bare `<name>.wasm`
+    has no manifest, so there the registration's own list is the grant.
+    """
+    m = source.manifest
+    granted = m.permissions if source.has_manifest else registration.permissions
+    return HostContext(plugin=source.name, permissions=frozenset(granted), log=log,
+                       config=dict(m.config), allowed_hosts=tuple(m.allowed_hosts),
+                       i18n=dict(registration.i18n))
 
 
 Handler = Callable[[HostContext, Any], Any]

@@ -31,7 +31,7 @@ from ..errors import (
     PluginTrap,
     PluginUnavailable,
 )
-from ..host import HostContext, HostFunctions
+from ..host import HostContext, HostFunctions, context_for
 from ..logs import GK_LEVELS, LineWriter, PluginLog
 from ..plugin import Kind, PluginSource
 from ..registration import Registration, parse_registration
@@ -287,7 +287,7 @@ class WasmPlugin:
     kind: Kind = "wasm"
 
     def __init__(self, source: PluginSource, engine: WasmEngine, module: wasmtime.Module,
-                 host: HostFunctions, log: PluginLog, granted: frozenset[str] | None) -> None:
+                 host: HostFunctions, log: PluginLog) -> None:
         self._source = source
         self.engine = engine
         self.module = module
@@ -303,8 +303,9 @@ class WasmPlugin:
         self._pool_lock = threading.Lock()
         self._closed = False
         self._busy = threading.local()
-        # The first instance proves the module works and tells us who it says it is.
-        self.host_context = self._context(granted or frozenset())
+        # The first instance proves the module works and tells us who it says it is. Until
+        # the registration is known, host calls (from _initialize) get no permissions.
+        self.host_context = HostContext(plugin=source.name, permissions=frozenset(), log=log)
         first = self._new_instance(loading=True)
         self._created = 1
         try:
@@ -313,16 +314,8 @@ class WasmPlugin:
             raise self._load_error(exc, "gk_register") from exc
         self._registration = parse_registration(raw, expected_name=source.name,
                                                 path=str(source.path))
-        if granted is None:  # a bare .wasm: the registration's own list is the grant
-            self.host_context = self._context(frozenset(self._registration.permissions))
+        self.host_context = context_for(source, log, self._registration)
         self._idle.put(first)
-
-    def _context(self, permissions: frozenset[str]) -> HostContext:
-        m = self._source.manifest
-        reg = getattr(self, "_registration", None)
-        return HostContext(plugin=self.name, permissions=permissions, log=self._log,
-                           config=dict(m.config), allowed_hosts=tuple(m.allowed_hosts),
-                           i18n=dict(reg.i18n) if reg else {})
 
     # -- Plugin protocol ---------------------------------------------------------------
 
@@ -341,6 +334,10 @@ class WasmPlugin:
     @property
     def log(self) -> PluginLog:
         return self._log
+
+    @property
+    def state(self) -> str:
+        return "stopped" if self._closed else "running"
 
     def call(self, function: str, args: bytes, *, timeout: float | None = None) -> bytes:
         limit = self.call_timeout if timeout is None else min(timeout, self.call_timeout)
@@ -487,5 +484,4 @@ def load_wasm_plugin(source: PluginSource, wasm: bytes, engine: WasmEngine,
                      host: HostFunctions, log: PluginLog) -> WasmPlugin:
     """Compile, instantiate, initialise and register one version of a wasm plugin."""
     module = compile_module(engine, wasm, name=source.name, path=source.entry)
-    granted = frozenset(source.manifest.permissions) if source.has_manifest else None
-    return WasmPlugin(source, engine, module, host, log, granted)
+    return WasmPlugin(source, engine, module, host, log)

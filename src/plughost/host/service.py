@@ -1,0 +1,57 @@
+"""The `Host` gRPC service: one server per out-of-process plugin, on a private socket.
+
+Identity comes from the socket, not from the request: each plugin gets its own server on a
+socket inside its private 0700 directory, so the host knows which plugin calls. Requests go
+through the same `HostFunctions.dispatch` as wasm's `gk.host_call`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent import futures
+
+import grpc
+
+from ..errors import HostCallError
+from ..logs import GK_LEVELS
+from ..proto.plughost.v1 import plugin_pb2 as pb
+from ..proto.plughost.v1 import plugin_pb2_grpc as pb_grpc
+from .dispatch import HostContext, HostFunctions
+
+logger = logging.getLogger(__name__)
+
+
+class _HostServicer(pb_grpc.HostServicer):
+    def __init__(self, host: HostFunctions, context: Callable[[], HostContext]) -> None:
+        self._host = host
+        self._context = context  # read per request: it changes when the plugin registers
+
+    def HostCall(self, request: pb.HostCallRequest, context: grpc.ServicerContext
+                 ) -> pb.HostCallResponse:
+        try:
+            result = self._host.dispatch(self._context(), request.function, request.args)
+        except HostCallError as exc:
+            return pb.HostCallResponse(error=exc.message)
+        return pb.HostCallResponse(result=result)
+
+    def Log(self, request: pb.LogRequest, context: grpc.ServicerContext) -> pb.Empty:
+        self._context().log.log(GK_LEVELS.get(request.level, logging.ERROR), request.message,
+                                source="plugin")
+        return pb.Empty()
+
+
+class HostServer:
+    """A started Host service bound to `unix:<socket_path>`."""
+
+    def __init__(self, socket_path: str, host: HostFunctions,
+                 context: Callable[[], HostContext]) -> None:
+        self.address = f"unix://{socket_path}"
+        self._server = grpc.server(futures.ThreadPoolExecutor(
+            max_workers=4, thread_name_prefix="plughost-hostsvc"))
+        pb_grpc.add_HostServicer_to_server(_HostServicer(host, context), self._server)
+        self._server.add_insecure_port(f"unix:{socket_path}")
+        self._server.start()
+
+    def stop(self, grace: float = 1.0) -> None:
+        self._server.stop(grace).wait(grace + 1.0)

@@ -1,0 +1,335 @@
+"""The grpc runtime: plugins as supervised child processes serving gRPC (SPEC 4).
+
+A `GrpcPlugin` owns a private 0700 directory (short path: Unix socket paths are limited to
+~107 bytes), the `Host` service for this plugin in that directory, and the current
+connection (process + channel). When the process dies unexpectedly the plugin fails calls
+fast with `PluginUnavailable`, restarts it with exponential backoff, and opens a circuit
+(state "failed") after repeated crashes, until an explicit reload.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from ..errors import (
+    PlughostError,
+    PluginCallError,
+    PluginLoadError,
+    PluginTimeout,
+    PluginUnavailable,
+)
+from ..host import HostContext, HostFunctions, context_for
+from ..host.service import HostServer
+from ..logs import PluginLog
+from ..plugin import Kind, PluginSource
+from ..proto.plughost.v1 import plugin_pb2 as pb
+from ..proto.plughost.v1 import plugin_pb2_grpc as pb_grpc
+from ..registration import Registration, parse_registration
+from .process import ChildProcess
+
+logger = logging.getLogger(__name__)
+
+EventSink = Callable[[str, str], None]  # (kind, detail)
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """How a crashed plugin is restarted, and when plughost gives up on it."""
+
+    initial_backoff: float = 0.2  # seconds before the first restart
+    max_backoff: float = 10.0
+    max_crashes: int = 5  # this many crashes within `window` seconds open the circuit
+    window: float = 60.0
+
+
+@dataclass
+class _Connection:
+    proc: ChildProcess
+    channel: grpc.Channel
+    stub: pb_grpc.PluginStub
+
+
+def _socket_root() -> str:
+    tmp = tempfile.gettempdir()
+    return tmp if len(tmp) <= 40 else "/tmp"
+
+
+class GrpcPlugin:
+    """A loaded out-of-process plugin. Thread-safe; calls run concurrently."""
+
+    kind: Kind = "grpc"
+
+    def __init__(self, source: PluginSource, host: HostFunctions, log: PluginLog, *,
+                 policy: RestartPolicy | None = None, on_event: EventSink | None = None
+                 ) -> None:
+        self._source = source
+        self._log = log
+        self._policy = policy or RestartPolicy()
+        self._on_event = on_event or (lambda kind, detail: None)
+        res = source.manifest.resources
+        self.call_timeout = res.call_timeout_ms / 1000
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._state = "starting"
+        self._gen = 0
+        self._crashes: deque[float] = deque()
+        self._conn: _Connection | None = None
+        self._registration: Registration | None = None
+        self._dir = tempfile.mkdtemp(prefix="ph-", dir=_socket_root())
+        os.chmod(self._dir, 0o700)
+        # Until Register answers, host calls get no permissions.
+        self.host_context = HostContext(plugin=source.name, permissions=frozenset(), log=log)
+        try:
+            self._host_server = HostServer(os.path.join(self._dir, "host.sock"), host,
+                                           lambda: self.host_context)
+            self._conn = self._start()
+        except BaseException:
+            self._closing.set()
+            self._cleanup()
+            raise
+        self._state = "running"
+
+    # -- Plugin protocol ---------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self._source.name
+
+    @property
+    def source(self) -> PluginSource:
+        return self._source
+
+    @property
+    def registration(self) -> Registration:
+        assert self._registration is not None
+        return self._registration
+
+    @property
+    def log(self) -> PluginLog:
+        return self._log
+
+    @property
+    def state(self) -> str:
+        """starting | running | restarting | failed | stopped"""
+        return self._state
+
+    @property
+    def pid(self) -> int | None:
+        conn = self._conn
+        return conn.proc.pid if conn else None
+
+    def call(self, function: str, args: bytes, *, timeout: float | None = None) -> bytes:
+        conn = self._conn
+        if conn is None or self._state != "running":
+            why = {"failed": "crashed repeatedly; the circuit is open until it is reloaded",
+                   "restarting": "its process crashed and is being restarted",
+                   "stopped": "it has been shut down"}.get(self._state, self._state)
+            raise PluginUnavailable(why, plugin=self.name)
+        limit = self.call_timeout if timeout is None else min(timeout, self.call_timeout)
+        try:
+            resp = conn.stub.Call(pb.CallRequest(function=function, args=args), timeout=limit)
+        except grpc.RpcError as exc:
+            raise self._rpc_error(exc, function, limit) from None
+        if resp.error:
+            raise PluginCallError(resp.error, plugin=self.name, function=function)
+        return bytes(resp.result)
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._closing.set()
+            conn, self._conn = self._conn, None
+            self._state = "stopped"
+        if conn is not None:
+            self._stop_connection(conn, polite=True)
+        self._cleanup()
+
+    # -- start / stop ------------------------------------------------------------------
+
+    def _command(self) -> list[str]:
+        entry = str(self._source.entry)
+        if entry.endswith(".py"):
+            # A Python plugin runs on the host's interpreter, so it finds the same SDK.
+            return [sys.executable, entry]
+        if not os.access(entry, os.X_OK):
+            raise PluginLoadError(f"{entry} is not executable (chmod +x it)",
+                                  plugin=self.name, path=entry)
+        return [entry]
+
+    def _environment(self) -> dict[str, str]:
+        m = self._source.manifest
+        env = {"PATH": os.environ.get("PATH", os.defpath)}
+        env.update({k: os.environ[k] for k in m.env if k in os.environ})
+        env.update({
+            m.handshake.magic_cookie_key: m.handshake.magic_cookie_value,
+            "PLUGIN_PROTOCOL_VERSIONS": "1",
+            "PLUGIN_UNIX_SOCKET_DIR": self._dir,
+            "PLUGHOST_HOST_ADDR": self._host_server.address,
+            "PYTHONUNBUFFERED": "1",
+        })
+        return env
+
+    def _start(self) -> _Connection:
+        """Start a process and bring it to a registered, initialised plugin."""
+        res = self._source.manifest.resources
+        deadline = time.monotonic() + res.start_timeout_ms / 1000
+        with self._lock:
+            self._gen += 1
+            gen = self._gen
+        proc = ChildProcess(self._command(), str(self._source.path), self._environment(),
+                            self._log, self.name, on_exit=lambda code: self._exited(gen, code))
+        channel: grpc.Channel | None = None
+        try:
+            hs = proc.wait_handshake(max(0.0, deadline - time.monotonic()))
+            channel = grpc.insecure_channel(hs.target)
+            try:
+                grpc.channel_ready_future(channel).result(
+                    timeout=max(0.05, deadline - time.monotonic()))
+            except grpc.FutureTimeoutError:
+                raise PluginLoadError(f"could not connect to {hs.target}{proc.stderr_tail()}",
+                                      plugin=self.name) from None
+            remaining = max(0.05, deadline - time.monotonic())
+            health = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="plugin"), timeout=remaining)
+            if health.status != health_pb2.HealthCheckResponse.SERVING:
+                raise PluginLoadError("health check: service 'plugin' is not SERVING",
+                                      plugin=self.name)
+            stub = pb_grpc.PluginStub(channel)
+            reg = parse_registration(
+                stub.Register(pb.Empty(), timeout=max(0.05, deadline - time.monotonic()))
+                .registration, expected_name=self.name, path=str(self._source.path))
+            if self._registration is not None and reg.name != self._registration.name:
+                raise PluginLoadError("registration changed across a restart", plugin=self.name)
+            self._registration = reg
+            self.host_context = context_for(self._source, self._log, reg)
+            config = self._source.manifest.config
+            stub.Init(pb.InitRequest(
+                config_json=json.dumps(config).encode(),
+                config={k: v if isinstance(v, str) else json.dumps(v)
+                        for k, v in config.items()}),
+                timeout=max(0.05, deadline - time.monotonic()))
+            return _Connection(proc, channel, stub)
+        except BaseException as exc:
+            if channel is not None:
+                channel.close()
+            proc.kill()
+            if isinstance(exc, grpc.RpcError):
+                raise PluginLoadError(
+                    f"start-up RPC failed: {exc.code().name}: {exc.details()}"
+                    f"{proc.stderr_tail()}", plugin=self.name) from None
+            if isinstance(exc, PlughostError):
+                if exc.plugin is None:
+                    exc.plugin = self.name
+                raise
+            raise
+
+    def _stop_connection(self, conn: _Connection, *, polite: bool) -> None:
+        grace = self._source.manifest.resources.shutdown_timeout_ms / 1000
+        if polite and not conn.proc.exited.is_set():
+            with contextlib.suppress(grpc.RpcError):
+                conn.stub.Shutdown(pb.Empty(), timeout=max(0.1, grace))
+            with contextlib.suppress(grpc.RpcError):  # go-plugin stops on its controller's
+                conn.channel.unary_unary(
+                    "/plugin.GRPCController/Shutdown",
+                    request_serializer=lambda _: b"",
+                    response_deserializer=lambda b: b,
+                )(None, timeout=0.5)
+            conn.proc.exited.wait(grace)
+        conn.proc.stop(grace=grace if polite else 0.0)
+        conn.channel.close()
+
+    def _cleanup(self) -> None:
+        server = getattr(self, "_host_server", None)
+        if server is not None:
+            server.stop(0.5)
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    # -- supervision ---------------------------------------------------------------------
+
+    def _exited(self, gen: int, code: int) -> None:
+        with self._lock:
+            if self._closing.is_set() or gen != self._gen or self._state != "running":
+                return  # an expected exit, or a process we already replaced
+            conn, self._conn = self._conn, None
+            self._state = "restarting"
+            now = time.monotonic()
+            self._crashes.append(now)
+            while self._crashes and now - self._crashes[0] > self._policy.window:
+                self._crashes.popleft()
+            crashes = len(self._crashes)
+        self._log.error(f"process exited unexpectedly with code {code}", source="host")
+        self._on_event("crash", f"exit code {code}")
+        if conn is not None:
+            conn.channel.close()
+            conn.proc.stop(grace=0.0)  # anything it left in its process group
+        self._schedule_restart(crashes)
+
+    def _schedule_restart(self, crashes: int) -> None:
+        if crashes >= self._policy.max_crashes:
+            with self._lock:
+                self._state = "failed"
+            msg = (f"{crashes} crashes within {self._policy.window:.0f}s: circuit open, not "
+                   "restarting until reloaded")
+            self._log.error(msg, source="host")
+            self._on_event("failed", msg)
+            return
+        delay = min(self._policy.max_backoff,
+                    self._policy.initial_backoff * 2 ** max(0, crashes - 1))
+        threading.Thread(target=self._restart, args=(delay,), name=f"{self.name}-restart",
+                         daemon=True).start()
+
+    def _restart(self, delay: float) -> None:
+        if self._closing.wait(delay):
+            return
+        try:
+            conn = self._start()
+        except PlughostError as exc:
+            self._log.error(f"restart failed: {exc}", source="host")
+            with self._lock:
+                if self._closing.is_set():
+                    return
+                now = time.monotonic()
+                self._crashes.append(now)
+                crashes = len(self._crashes)
+            self._schedule_restart(crashes)
+            return
+        with self._lock:
+            if not self._closing.is_set():
+                self._conn, self._state = conn, "running"
+                conn = None  # type: ignore[assignment]
+        if conn is not None:  # shut down while we were starting
+            self._stop_connection(conn, polite=False)
+            return
+        self._log.info("restarted", source="host")
+        self._on_event("restart", "")
+
+    def _rpc_error(self, exc: grpc.RpcError, function: str, limit: float) -> PlughostError:
+        code = exc.code()
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return PluginTimeout(f"call exceeded its deadline of {limit * 1000:.0f} ms",
+                                 plugin=self.name, function=function)
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+            return PluginUnavailable(f"{function}: the plugin process is not answering "
+                                     f"({code.name}: {exc.details()})", plugin=self.name)
+        return PluginCallError(f"RPC failed: {code.name}: {exc.details()}", plugin=self.name,
+                               function=function)
+
+
+def load_grpc_plugin(source: PluginSource, host: HostFunctions, log: PluginLog, *,
+                     policy: RestartPolicy | None = None, on_event: EventSink | None = None
+                     ) -> GrpcPlugin:
+    """Start, handshake, register and initialise one version of a grpc plugin."""
+    return GrpcPlugin(source, host, log, policy=policy, on_event=on_event)

@@ -1,0 +1,68 @@
+"""The plugin's side of the `Host` service: host functions and logging."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from typing import Any
+
+import grpc
+
+from ..proto.plughost.v1 import plugin_pb2 as pb
+from ..proto.plughost.v1 import plugin_pb2_grpc as pb_grpc
+
+_LEVELS = {"debug": 0, "info": 1, "warn": 2, "warning": 2, "error": 3}
+
+
+class HostError(Exception):
+    """The host refused or failed a host call (the message says why)."""
+
+
+class HostClient:
+    """Calls the host functions of SPEC 6. Connects on first use to PLUGHOST_HOST_ADDR."""
+
+    def __init__(self, address: str | None = None, timeout: float = 30.0) -> None:
+        self._address = address
+        self._timeout = timeout
+        self._stub: pb_grpc.HostStub | None = None
+        self._lock = threading.Lock()
+
+    def _host(self) -> pb_grpc.HostStub:
+        if self._stub is None:
+            with self._lock:
+                if self._stub is None:
+                    addr = self._address or os.environ.get("PLUGHOST_HOST_ADDR")
+                    if not addr:
+                        raise HostError("PLUGHOST_HOST_ADDR is not set: not started by a host")
+                    target = addr.replace("unix://", "unix:", 1)
+                    self._stub = pb_grpc.HostStub(grpc.insecure_channel(target))
+        return self._stub
+
+    def call(self, function: str, args: Any = None) -> Any:
+        """Run host function `function` with JSON-able `args`; return its decoded result."""
+        payload = json.dumps({} if args is None else args).encode()
+        try:
+            resp = self._host().HostCall(pb.HostCallRequest(function=function, args=payload),
+                                         timeout=self._timeout)
+        except grpc.RpcError as exc:
+            raise HostError(f"{function}: host unreachable: {exc.code().name}") from None
+        if resp.error:
+            raise HostError(resp.error)
+        return json.loads(resp.result) if resp.result else None
+
+    def log(self, level: str | int, message: str) -> None:
+        """Write to this plugin's log on the host (no permission needed)."""
+        lvl = level if isinstance(level, int) else _LEVELS.get(level.lower(), 3)
+        try:
+            self._host().Log(pb.LogRequest(level=lvl, message=message), timeout=self._timeout)
+        except grpc.RpcError as exc:
+            raise HostError(f"log: host unreachable: {exc.code().name}") from None
+
+    def config_get(self, key: str) -> Any:
+        """The manifest's `config[key]` (needs the `config` permission)."""
+        return self.call("config_get", {"key": key})
+
+
+#: The host of the running plugin.
+host = HostClient()
