@@ -24,6 +24,7 @@ import ctypes
 import gc
 import json
 import shutil
+import statistics
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -68,6 +69,18 @@ class Layer:
     afn: Callable[[], Any] | None = None  # async layers: returns an awaitable
     samples: list[int] | None = None
     batch: list[float] | None = None
+    rounds: list[float] | None = None  # the median of each round
+
+    def ratio(self, other: Layer) -> float:
+        """Median over rounds of this layer's round median / the other's, same round:
+        robust to load that comes and goes between rounds (other work on the machine)."""
+        assert self.rounds and other.rounds
+        return statistics.median(a / b for a, b in zip(self.rounds, other.rounds, strict=True))
+
+    def delta(self, other: Layer) -> float:
+        """Median over rounds of the same-round difference of round medians, in ns."""
+        assert self.rounds and other.rounds
+        return statistics.median(a - b for a, b in zip(self.rounds, other.rounds, strict=True))
 
 
 class RawModule:
@@ -208,7 +221,7 @@ def measure(layers: list[Layer], raw: RawModule, n: int, reps: int, warmup: int)
 
     try:
         for layer in layers:
-            layer.samples, layer.batch = [], []
+            layer.samples, layer.batch, layer.rounds = [], [], []
             if layer.fn is not None:
                 time_each(layer.fn, warmup)
             elif layer.afn is not None:
@@ -217,13 +230,18 @@ def measure(layers: list[Layer], raw: RawModule, n: int, reps: int, warmup: int)
         for _ in range(reps):
             for layer in layers:
                 assert layer.samples is not None and layer.batch is not None
+                assert layer.rounds is not None
                 gc.collect()
                 if layer.fn is not None:
-                    layer.samples += time_each(layer.fn, n)
+                    got = time_each(layer.fn, n)
                     layer.batch.append(time_batch(layer.fn, n))
                 elif layer.afn is not None:
-                    layer.samples += loop.run_until_complete(each_async(layer.afn, n))
+                    got = loop.run_until_complete(each_async(layer.afn, n))
                     layer.batch.append(loop.run_until_complete(batch_async(layer.afn, n)))
+                else:
+                    continue
+                layer.samples += got
+                layer.rounds.append(statistics.median(got))
                 raw.reset_arena()
     finally:
         loop.close()
@@ -254,7 +272,7 @@ def profile_points() -> list[tuple[str, Any, str]]:
 def main() -> int:
     args = parser(__doc__.splitlines()[0]).parse_args()
     quick: bool = args.quick
-    n, reps, warmup = (300, 3, 100) if quick else (2000, 15, 1000)
+    n, reps, warmup = (300, 3, 100) if quick else (500, 40, 1000)
     header("call_overhead: manager.call('hello', 'echo', {'msg': 'hello'}) vs raw wasmtime",
            quick)
 
@@ -314,25 +332,31 @@ def main() -> int:
 
         stats = {ly.key: Stats.of(ly.key, ly.samples or []) for ly in layers}
         batch = {ly.key: sorted(ly.batch or [])[len(ly.batch or []) // 2] for ly in layers}
-        base = stats["a"].median
+        by_key = {ly.key: ly for ly in layers}
+        la, lb = by_key["a"], by_key["b"]
         rows, summary_rows = [], []
-        prev: float | None = None
+        prev: Layer | None = None
         for ly in layers:
             s = stats[ly.key]
-            step = "" if prev is None or ly.key in REFS else \
-                fmt_delta(s.median - prev)
+            step_ns = None if prev is None or ly.key in REFS else ly.delta(prev)
+            step = "" if step_ns is None else fmt_delta(step_ns)
             rows.append([ly.label, fmt_ns(s.median), fmt_ns(s.p99), fmt_ns(batch[ly.key]),
-                         fmt_ratio(s.median / base), step])
+                         fmt_ratio(ly.ratio(la)), fmt_ratio(ly.ratio(lb)), step])
             summary_rows.append({"key": ly.key, "label": ly.label.strip(),
                                  "median_ns": s.median, "p99_ns": s.p99,
-                                 "batch_mean_ns": batch[ly.key], "ratio_vs_a": s.median / base,
-                                 "samples": s.n})
+                                 "batch_mean_ns": batch[ly.key], "ratio_vs_a": ly.ratio(la),
+                                 "ratio_vs_b": ly.ratio(lb),
+                                 "step_ns": step_ns, "samples": s.n})
             if ly.key not in (*REFS, "a2"):
-                prev = s.median
-        print(table(["layer", "median", "p99", "mean (batched)", "vs a", "step"], rows))
+                prev = ly
+        print(table(["layer", "median", "p99", "mean (batched)", "vs a", "vs b", "step"],
+                    rows))
+        print("   (vs a/b: median over rounds of the same-round ratio; step: same-round "
+              "difference to the layer above)")
         e, a = stats["e"].median, stats["a"].median
-        print(f"\n   manager.call: {fmt_ns(e)} per call = {fmt_ratio(e / a)} a raw wasmtime "
-              f"call ({fmt_ns(a)}); {fmt_ratio(e / stats['b'].median)} the hand-written gk "
+        le = by_key["e"]
+        print(f"\n   manager.call: {fmt_ns(e)} per call = {fmt_ratio(le.ratio(la))} a raw "
+              f"wasmtime call ({fmt_ns(a)}); {fmt_ratio(le.ratio(lb))} the hand-written gk "
               "protocol")
 
         inclusive, own = profile(lambda: manager.call(NAME, FUNCTION, ARGS),
@@ -345,7 +369,7 @@ def main() -> int:
         write_json(args.json, {
             "benchmark": "call_overhead", "quick": quick, "rows": summary_rows,
             "profile_inclusive": inclusive, "profile_own": own,
-            "headline": {"manager_call_ns": e, "raw_call_ns": a, "ratio": e / a},
+            "headline": {"manager_call_ns": e, "raw_call_ns": a, "ratio": le.ratio(la)},
         })
     return 0
 

@@ -459,9 +459,6 @@ def test_symlink_cycle_inside_a_deep_tree_terminates(plugins: Path) -> None:
 # -- known bugs --------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: is_ignored() applies the temp-file rules to "
-                   "directories too, so a plugin directory with a valid name such as '4913' "
-                   "(vim's probe file name) is silently skipped; SPEC 1: no silent skips")
 def test_plugin_directory_named_like_a_temp_file_is_not_skipped(plugins: Path) -> None:
     put_plugin_dir(plugins, "4913", {"runtime": "wasm"}, files=("4913.wasm",))
     assert [f.name for f in scan(plugins)] == ["4913"]

@@ -179,9 +179,6 @@ def test_version_is_always_text(tmp_path: Path, raw: str, expected: str) -> None
     assert version == expected
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: `version: 1.10` is read by YAML as the float "
-                   "1.1 and silently becomes '1.1' (a different, older version) instead of "
-                   "'1.10' or an error asking to quote it")
 def test_version_with_trailing_zero_is_not_mangled(tmp_path: Path) -> None:
     pdir = plugin_dir(tmp_path)
     write_manifest(pdir, wasm_yaml("version: 1.10\n"))
@@ -543,18 +540,12 @@ def test_grpc_without_binary_is_an_error(tmp_path: Path, binary: str | None) -> 
     check_error(load_error(pdir), pdir, field="binary", plugin="demo", says=("required",))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: `wasm: ''` silently falls back to <name>.wasm "
-                   "(parse_manifest uses `m.wasm or default`) instead of refusing the empty "
-                   "path like `binary: ''` is refused")
 def test_empty_wasm_path_is_an_error(tmp_path: Path) -> None:
     pdir = plugin_dir(tmp_path)  # demo.wasm exists, so a silent fallback would load it
     write_manifest(pdir, "runtime: wasm\nwasm: ''\n")
     check_error(load_error(pdir), pdir, field="wasm", plugin="demo")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a plugin.yaml that is itself a symlink out of the "
-                   "plugin dir is read and trusted (SPEC 2: symlinks out of the plugin "
-                   "directory are refused); only wasm/binary paths are checked")
 def test_manifest_symlinked_from_outside_is_refused(tmp_path: Path) -> None:
     outside = tmp_path / "foreign.yaml"
     outside.write_text("name: demo\nruntime: wasm\npermissions: [db.write, http]\n")
@@ -727,9 +718,6 @@ def test_registration_name_mismatch_is_an_error_naming_both() -> None:
     assert exc.path == "/p/stats.wasm"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: parse_registration never sets ManifestError.field "
-                   "(the field is only inside the message), unlike manifest errors and "
-                   "contrary to ManifestError's contract ('field names the offending key')")
 @pytest.mark.parametrize(("raw", "field"), [
     (b'{"name": "a", "routes": "x"}', "routes"),
     (b'{"name": "b"}', "name"),
@@ -740,8 +728,6 @@ def test_registration_errors_name_the_field(raw: bytes, field: str) -> None:
     assert info.value.field == field
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: registration `\"version\": true` becomes the "
-                   "string 'True' (bool passes the int|float check) instead of a type error")
 def test_registration_boolean_version_is_an_error() -> None:
     with pytest.raises(ManifestError):
         parse_registration(b'{"name": "a", "version": true}', expected_name="a")

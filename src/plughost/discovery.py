@@ -53,13 +53,15 @@ def scan(root: Path) -> list[Found]:
 def _walk(directory: Path, out: list[Found]) -> None:
     try:
         with os.scandir(directory) as it:
-            entries = [e for e in it if not is_ignored(e.name)]
+            entries = [e for e in it if not e.name.startswith(".")]
     except OSError:
         return
     for e in entries:
         try:
             is_dir = e.is_dir(follow_symlinks=False)
         except OSError:
+            continue
+        if not is_dir and is_ignored(e.name):
             continue
         if is_dir:
             sub = Path(e.path)

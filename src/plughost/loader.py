@@ -78,7 +78,7 @@ class Loader:
     def discover_all(self) -> int:
         """Rescan the directory; return how many plugins were found (broken ones too)."""
         if not self.plugin_dir.is_dir():
-            raise PluginNotFound(f"plugin directory {self.plugin_dir} does not exist")
+            raise PluginNotFound("plugin directory does not exist", path=self.plugin_dir)
         results = scan(self.plugin_dir)
         with self._lock:
             self._all = results

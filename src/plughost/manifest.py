@@ -181,7 +181,7 @@ def parse_manifest(data: Any, *, plugin_dir: Path, manifest_path: Path) -> Loade
     if m.runtime == "wasm":
         if m.binary is not None:
             warnings.append("'binary' is ignored for a wasm plugin")
-        rel, field_name = m.wasm or f"{m.name}.wasm", "wasm"
+        rel, field_name = (m.wasm if m.wasm is not None else f"{m.name}.wasm"), "wasm"
     else:
         if m.wasm is not None:
             warnings.append("'wasm' is ignored for a grpc plugin")
@@ -197,15 +197,31 @@ def parse_manifest(data: Any, *, plugin_dir: Path, manifest_path: Path) -> Loade
     return LoadedManifest(m, manifest_path, plugin_dir, entry, tuple(warnings))
 
 
+def _keep_version_text(text: str, data: Any) -> None:
+    """`version: 1.10` is a float to YAML (1.1); a version is the text as written."""
+    if not isinstance(data, dict) or not isinstance(data.get("version"), int | float) \
+            or isinstance(data.get("version"), bool):
+        return
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if key.value == "version" and isinstance(value, yaml.ScalarNode):
+                data["version"] = value.value
+
+
 def load_manifest(plugin_dir: Path) -> LoadedManifest:
     """Read and validate `plugin_dir/plugin.yaml`."""
     path = plugin_dir / MANIFEST_FILE
+    if not path.resolve().is_relative_to(plugin_dir.resolve()):
+        raise ManifestError(f"is a symlink to {path.resolve()}, outside the plugin dir",
+                            plugin=plugin_dir.name, path=path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ManifestError(f"cannot read: {exc}", plugin=plugin_dir.name, path=path) from None
     try:
         data = yaml.safe_load(text)
+        _keep_version_text(text, data)
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""

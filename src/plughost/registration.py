@@ -64,8 +64,9 @@ def parse_registration(raw: bytes, *, expected_name: str, path: str | None = Non
                        ) -> Registration:
     """Decode and validate registration JSON; its name must be `expected_name`."""
 
-    def fail(problem: str) -> ManifestError:
-        return ManifestError(f"registration {problem}", plugin=expected_name, path=path)
+    def fail(problem: str, field: str | None = None) -> ManifestError:
+        return ManifestError(f"registration {problem}", plugin=expected_name, path=path,
+                             field=field)
 
     try:
         data = json.loads(raw)
@@ -73,15 +74,15 @@ def parse_registration(raw: bytes, *, expected_name: str, path: str | None = Non
         raise fail(f"is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise fail(f"must be a JSON object, got {type(data).__name__}")
-    if isinstance(data.get("version"), int | float):
+    if isinstance(data.get("version"), int | float) and not isinstance(data["version"], bool):
         data["version"] = str(data["version"])
     try:
         reg = Registration.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(x) for x in first["loc"])
-        raise fail(f"field {loc}: {first['msg']}") from None
+        raise fail(f"field {loc}: {first['msg']}", field=loc) from None
     if reg.name != expected_name:
         raise fail(f"names the plugin {reg.name!r}, but it was discovered as "
-                   f"{expected_name!r}; a plugin cannot choose its own identity")
+                   f"{expected_name!r}; a plugin cannot choose its own identity", field="name")
     return reg
