@@ -62,6 +62,17 @@ class Stats:
         return self.pct(99)
 
 
+def paired_ratio(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Median of x[i]/y[i], where x[i] and y[i] were measured in the same round: robust to
+    load from other work that comes and goes between rounds."""
+    return float(statistics.median(x / y for x, y in zip(xs, ys, strict=True)))
+
+
+def paired_delta(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Median of x[i]-y[i] over rounds (see paired_ratio)."""
+    return float(statistics.median(x - y for x, y in zip(xs, ys, strict=True)))
+
+
 def time_each(fn: Callable[[], object], n: int) -> list[int]:
     """Time `n` calls of `fn` one by one (each sample includes one timer read pair)."""
     out = [0] * n

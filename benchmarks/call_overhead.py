@@ -40,6 +40,8 @@ from _common import (
     fmt_ns,
     fmt_ratio,
     header,
+    paired_delta,
+    paired_ratio,
     parser,
     profile,
     profile_tables,
@@ -75,12 +77,12 @@ class Layer:
         """Median over rounds of this layer's round median / the other's, same round:
         robust to load that comes and goes between rounds (other work on the machine)."""
         assert self.rounds and other.rounds
-        return statistics.median(a / b for a, b in zip(self.rounds, other.rounds, strict=True))
+        return paired_ratio(self.rounds, other.rounds)
 
     def delta(self, other: Layer) -> float:
         """Median over rounds of the same-round difference of round medians, in ns."""
         assert self.rounds and other.rounds
-        return statistics.median(a - b for a, b in zip(self.rounds, other.rounds, strict=True))
+        return paired_delta(self.rounds, other.rounds)
 
 
 class RawModule:

@@ -29,6 +29,8 @@ from _common import (
     fmt_ns,
     fmt_ratio,
     header,
+    paired_delta,
+    paired_ratio,
     parser,
     profile,
     profile_tables,
@@ -122,7 +124,8 @@ def _full(text: str, pdir: Path) -> object:
                           manifest_path=pdir / "plugin.yaml")
 
 
-def run(variants: dict[str, Callable[[], int]], expect: int, reps: int) -> dict[str, Stats]:
+def run(variants: dict[str, Callable[[], int]], expect: int, reps: int
+        ) -> dict[str, list[int]]:
     for label, fn in variants.items():  # warm-up, and every variant finds the same count
         got = fn()
         if got != expect:
@@ -132,25 +135,31 @@ def run(variants: dict[str, Callable[[], int]], expect: int, reps: int) -> dict[
         for label, fn in variants.items():
             gc.collect()
             samples[label].append(time_once(fn))
-    return {k: Stats.of(k, v) for k, v in samples.items()}
+    return samples
 
 
-def report(title: str, stats: dict[str, Stats], base_key: str, count: int,
+def report(title: str, samples: dict[str, list[int]], base_key: str, count: int,
            steps: bool) -> list[dict[str, Any]]:
-    base = stats[base_key].median
+    """Ratios and steps are medians of same-round ratios/differences (paired_ratio)."""
+    base = samples[base_key]
     rows, out = [], []
-    prev: float | None = None
-    for label, s in stats.items():
-        step = "" if prev is None or not steps or label.startswith("(") else \
-            fmt_delta(s.median - prev)
-        rows.append([label, fmt_ns(s.median), fmt_ns(s.p99), fmt_ns(s.median / count),
-                     fmt_ratio(s.median / base), step])
-        out.append({"label": label, "median_ns": s.median, "p99_ns": s.p99, "n": s.n,
-                    "per_plugin_ns": s.median / count, "ratio_vs_bare": s.median / base})
+    prev: list[int] | None = None
+    for label, xs in samples.items():
+        s = Stats.of(label, xs)
+        delta = None if prev is None or not steps or label.startswith("(") else \
+            paired_delta(xs, prev)
+        ratio = paired_ratio(xs, base)
+        rows.append([label, fmt_ns(s.median), fmt_ns(s.min), fmt_ns(s.samples[-1]),
+                     fmt_ns(s.median / count), fmt_ratio(ratio),
+                     "" if delta is None else fmt_delta(delta)])
+        out.append({"label": label, "median_ns": s.median, "min_ns": s.min,
+                    "max_ns": s.samples[-1], "n": s.n, "per_plugin_ns": s.median / count,
+                    "ratio_vs_bare": ratio, "step_ns": delta})
         if not label.startswith("("):
-            prev = s.median
+            prev = xs
     print(f"\n   {title}")
-    print(table(["", "median", "p99", "per plugin", "vs bare walk", "step"], rows))
+    print(table(["", "median", "min", "max", "per plugin", "vs bare walk", "step"], rows))
+    print("   (vs bare walk / step: median of same-round ratios / differences)")
     return out
 
 

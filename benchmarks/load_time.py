@@ -36,6 +36,8 @@ from _common import (
     fmt_ns,
     fmt_ratio,
     header,
+    paired_delta,
+    paired_ratio,
     parser,
     profile,
     profile_tables,
@@ -244,7 +246,7 @@ def main() -> int:
     args = parser(__doc__.splitlines()[0]).parse_args()
     quick: bool = args.quick
     target = 256 * 1024 if quick else 2 * 1024 * 1024
-    compile_reps, cached_reps = (2, 3) if quick else (5, 15)
+    compile_reps, cached_reps = (2, 3) if quick else (7, 21)
     header("load_time: plughost load of a ~2 MB module vs raw wasmtime", quick)
 
     wasm, nfuncs = large_module(target)
@@ -283,31 +285,41 @@ def main() -> int:
         "d": "d  raw Module.deserialize(bytes)",
         "d2": "d2 raw Module.deserialize_file (ref)",
     }
-    ra, rd = stats["a"].median, stats["d"].median
+
+    def vs(k: str, base: str) -> float:
+        """Paired (same-round) ratio when both were timed in the same loop."""
+        same_loop = {"a", "b"} if base == "a" else {"c", "d", "d2"}
+        if k in same_loop:
+            return paired_ratio(samples[k], samples[base])
+        return stats[k].median / stats[base].median
+
     rows = []
     summary_rows = []
     for k, label in labels.items():
         s = stats[k]
         rows.append([label, fmt_ns(s.median), fmt_ns(s.min), fmt_ns(s.samples[-1]),
-                     str(s.n), fmt_ratio(s.median / ra), fmt_ratio(s.median / rd)])
+                     str(s.n), fmt_ratio(vs(k, "a")), fmt_ratio(vs(k, "d"))])
         summary_rows.append({"key": k, "label": label, "median_ns": s.median,
                              "min_ns": s.min, "max_ns": s.samples[-1], "n": s.n,
-                             "vs_raw_compile": s.median / ra,
-                             "vs_raw_deserialize": s.median / rd})
+                             "vs_raw_compile": vs(k, "a"), "vs_raw_deserialize": vs(k, "d")})
     print(f"   module {fmt_bytes(len(wasm))}, serialized {fmt_bytes(len(serialized))}\n")
     print(table(["", "median", "min", "max", "n", "vs a", "vs d"], rows))
     first, cached = stats["b"].median, stats["c"].median
+    print("   (vs a: b is paired with a, round by round; vs d: c, d2 paired with d)")
     print(f"\n   first/cached = {fmt_ratio(first / cached)}; first load = "
-          f"{fmt_ratio(first / ra)} raw compile ({fmt_delta(first - ra)}); cached load = "
-          f"{fmt_ratio(cached / rd)} raw deserialize ({fmt_delta(cached - rd)})")
+          f"{fmt_ratio(vs('b', 'a'))} raw compile "
+          f"({fmt_delta(paired_delta(samples['b'], samples['a']))}); cached load = "
+          f"{fmt_ratio(vs('c', 'd'))} raw deserialize "
+          f"({fmt_delta(paired_delta(samples['c'], samples['d']))})")
     print("\n   components, timed alone:")
     print(table(["part", "median", "min"],
                 [[k, fmt_ns(v.median), fmt_ns(v.min)] for k, v in parts.items()]))
     accounted = sum(v.median for k, v in parts.items() if k in (
         "sha256(wasm): cache key", "read cache entry", "sha256(entry): integrity check",
         "raw instantiate (Store+WASI+Linker)"))
-    print(f"\n   c - d = {fmt_delta(cached - rd)}; key hash + read + entry hash + instantiate "
-          f"= {fmt_ns(accounted)}")
+    c_minus_d = paired_delta(samples["c"], samples["d"])
+    print(f"\n   c - d = {fmt_delta(c_minus_d)}; key hash + read + entry hash + "
+          f"instantiate = {fmt_ns(accounted)}")
     print("\n   cProfile of the cached load (c), per load (profiler-inflated; read the "
           "shares):")
     print(profile_tables(inclusive, own))
@@ -316,9 +328,10 @@ def main() -> int:
         "serialized_bytes": len(serialized), "functions": nfuncs, "rows": summary_rows,
         "profile_inclusive": inclusive, "profile_own": own,
         "components": {k: {"median_ns": v.median, "min_ns": v.min} for k, v in parts.items()},
-        "headline": {"first_over_cached": first / cached, "first_over_raw_compile": first / ra,
-                     "cached_over_raw_deserialize": cached / rd,
-                     "spread_a": statistics.pstdev(samples["a"]) / ra},
+        "headline": {"first_over_cached": first / cached,
+                     "first_over_raw_compile": vs("b", "a"),
+                     "cached_over_raw_deserialize": vs("c", "d"),
+                     "spread_a": statistics.pstdev(samples["a"]) / stats["a"].median},
     }
     write_json(args.json, summary)
     return 0

@@ -203,9 +203,6 @@ def test_failing_initialize_is_a_load_error(wat: str, plugins: Path, make_loader
     Other(manager).serves()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: _describe() keeps only the first line of a "
-                   "wasmtime trap message ('error while executing at wasm backtrace:'); "
-                   "the cause ('unreachable', 'interrupt', 'out of bounds') is dropped")
 @pytest.mark.parametrize(("wat", "cause"), [("rt_init_trap", "unreachable"),
                                             ("rt_init_loop", "interrupt")])
 def test_failing_initialize_message_names_the_cause(
@@ -277,9 +274,6 @@ def test_trap_fails_the_call_and_replaces_the_instance(
     assert manager.call("tk", "count") == 2
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: _describe() keeps only the first line of a "
-                   "wasmtime trap message; PluginTrap says 'error while executing at wasm "
-                   "backtrace:' instead of the cause ('unreachable')")
 def test_trap_message_names_the_cause(plugins: Path, make_loader: MakeLoader,
                                       manager: Manager) -> None:
     setup(plugins, make_loader, manager)
@@ -415,10 +409,6 @@ def test_results_survive_a_gk_free_that_reuses_memory(
     assert manager.call_raw("af", "copy", b"x") == b"x"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: _Instance.call frees the argument buffers "
-                   "(gk_free, i.e. runs the instance) before copying the result out; a result "
-                   "that aliases the arguments is read after free (SPEC: results are copied "
-                   "before the instance runs again)")
 def test_result_aliasing_the_arguments_is_read_before_freeing(
         plugins: Path, make_loader: MakeLoader, manager: Manager) -> None:
     write_wasm(plugins, "af", "rt_alias_free")
@@ -693,12 +683,6 @@ def test_single_instance_serializes_calls(plugins: Path, make_loader: MakeLoader
     assert sorted(results) == list(range(1, 201))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: wasmtime-py keeps the Python exception raised "
-                   "in a host import in a process-global (LAST_EXCEPTION); under concurrent "
-                   "calls another thread's trap picks it up. WasmPlugin._call_error trusts the "
-                   "exception type instead of the instance's own abi_error, so a trap comes "
-                   "back as PluginABIError (with another call's message) and an ABI violation "
-                   "as PluginTrap")
 def test_concurrent_abi_errors_and_traps_are_classified_per_call(
         plugins: Path, make_loader: MakeLoader, manager: Manager) -> None:
     # A race: loops until the first misclassification (usually within a few dozen calls);
@@ -815,10 +799,6 @@ def test_acall_timeout_raises_plugin_timeout(plugins: Path, make_loader: MakeLoa
     other.serves()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Manager.acall's outer deadline (timeout + 0.5 s, "
-                   "hit when the plugin is stuck in a host call) raises PluginTimeout with "
-                   "plugin=None: _run takes the name from args[0], but acall passes a lambda "
-                   "and no args")
 def test_acall_outer_timeout_names_the_plugin(
         plugins: Path, host_table: HostFunctions, hmanager: Manager,
         engine: WasmEngine) -> None:

@@ -281,16 +281,15 @@ class Manager:
 
     # -- asyncio twins: blocking work runs on the manager's pool, never on the loop ------
 
-    async def _run(self, fn: Callable[..., Any], *args: Any, timeout: float | None = None
-                   ) -> Any:
+    async def _run(self, fn: Callable[..., Any], *args: Any, timeout: float | None = None,
+                   plugin: str | None = None) -> Any:
         fut = asyncio.get_running_loop().run_in_executor(self._executor, lambda: fn(*args))
         if timeout is None:
             return await fut
         try:
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
-            name = args[0] if args and isinstance(args[0], str) else None
-            raise PluginTimeout(f"no answer within {timeout:.3f}s", plugin=name) from None
+            raise PluginTimeout(f"no answer within {timeout:.3f}s", plugin=plugin) from None
 
     async def acall(self, name: str, function: str, args: Any = None, *,
                     timeout: float | None = None) -> Any:
@@ -299,7 +298,7 @@ class Manager:
         # A little slack so the runtime's own, more precise timeout error wins the race.
         outer = None if timeout is None else timeout + 0.5
         return await self._run(lambda: self.call(name, function, args, timeout=timeout),
-                               timeout=outer)
+                               timeout=outer, plugin=name)
 
     async def areplace(self, plugin: Plugin) -> Plugin | None:
         return await self._run(self.replace, plugin)  # type: ignore[no-any-return]

@@ -13,6 +13,7 @@ import logging
 import math
 import platform
 import queue
+import re
 import threading
 import time
 from pathlib import Path
@@ -173,6 +174,15 @@ class _Instance:
         self._check_abi()
 
     # -- imports (run inside wasm calls, on the calling thread) --------------------------
+    #
+    # Imports never raise. wasmtime-py carries a Python exception out of a host function
+    # through a process-global slot, which concurrent calls on other stores can pick up.
+    # So a violation is recorded on this instance, the import returns a neutral value, and
+    # the call fails with it once control is back in `call`.
+
+    def _violation(self, message: str) -> None:
+        if self.abi_error is None:
+            self.abi_error = message
 
     def _host_call(self, caller: wasmtime.Caller, fp: int, fl: int, ap: int, al: int) -> int:
         try:
@@ -181,32 +191,35 @@ class _Instance:
                 "utf-8", "replace")
             args = _read(caller, mem, ap, al, "gk.host_call args")
         except _ABIViolation as exc:
-            self.abi_error = str(exc)
-            raise
+            self._violation(str(exc))
+            return 0
         try:
             result = self.plugin.host.dispatch(self.plugin.host_context, fn, args)
         except HostCallError:
             return 0  # already logged in the plugin's log by dispatch
-        malloc = caller.get("gk_malloc")
-        assert isinstance(malloc, wasmtime.Func)
-        ptr = malloc(caller, len(result))
-        if not ptr:
-            self.plugin.log.warning(f"gk_malloc({len(result)}) returned 0 for a host_call "
-                                    "result", source="host")
-            return 0
         try:
+            malloc = caller.get("gk_malloc")
+            assert isinstance(malloc, wasmtime.Func)
+            ptr = malloc(caller, len(result))
+            if not ptr:
+                self.plugin.log.warning(f"gk_malloc({len(result)}) returned 0 for a "
+                                        "host_call result", source="host")
+                return 0
             _write(caller, _memory(caller, caller), ptr, result, "gk.host_call result")
         except _ABIViolation as exc:
-            self.abi_error = str(exc)
-            raise
+            self._violation(str(exc))
+            return 0
+        except Exception as exc:  # gk_malloc itself trapped
+            self._violation(f"gk_malloc failed during gk.host_call: {_describe(exc)}")
+            return 0
         return pack(ptr, len(result))
 
     def _log(self, caller: wasmtime.Caller, level: int, ptr: int, length: int) -> None:
         try:
             msg = _read(caller, _memory(caller, caller), ptr, length, "gk.log message")
         except _ABIViolation as exc:
-            self.abi_error = str(exc)
-            raise
+            self._violation(str(exc))
+            return
         self.plugin.log.log(GK_LEVELS.get(level, logging.ERROR),
                             msg.decode("utf-8", "replace"), source="plugin")
 
@@ -214,8 +227,8 @@ class _Instance:
         try:
             msg = _read(caller, _memory(caller, caller), ptr, length, "gk.error message")
         except _ABIViolation as exc:
-            self.abi_error = str(exc)
-            raise
+            self._violation(str(exc))
+            return
         self.error_message = msg.decode("utf-8", "replace") or "plugin reported an error"
 
     # -- calls into the plugin ----------------------------------------------------------
@@ -233,14 +246,14 @@ class _Instance:
             self.gk_free(self.store, ptr)
         return data
 
-    def _put(self, data: bytes, what: str) -> int:
+    def _put(self, data: bytes, what: str, function: str) -> int:
         if not data:
             return 0
         ptr = self.gk_malloc(self.store, len(data))
         if not ptr:
             raise PluginResourceError(
                 f"gk_malloc({len(data)}) returned 0 while passing {what}: out of memory",
-                plugin=self.plugin.name)
+                plugin=self.plugin.name, function=function)
         _write(self.store, self.memory, ptr, data, what)
         return int(ptr)
 
@@ -254,15 +267,17 @@ class _Instance:
         self.error_message = self.abi_error = None
         self.plugin.engine.arm(self.store, timeout)
         fn = function.encode()
-        fp = self._put(fn, "the function name")
-        ap = self._put(args, "the arguments")
+        fp = self._put(fn, "the function name", function)
+        ap = self._put(args, "the arguments", function)
         packed = self.gk_call(self.store, fp, len(fn), ap, len(args))
         self._check_abi()
+        # Copy the result out before anything else runs in the instance (a result may
+        # alias the argument buffer, which gk_free below may reuse).
+        result = self._result(packed, "gk_call result")
         if self.gk_free is not None:
             for p in (fp, ap):
                 if p:
                     self.gk_free(self.store, p)
-        result = self._result(packed, "gk_call result")
         if self.error_message is not None:
             raise PluginCallError(self.error_message, plugin=self.plugin.name,
                                   function=function)
@@ -435,6 +450,9 @@ class WasmPlugin:
 
     def _call_error(self, exc: BaseException, inst: _Instance | None, function: str,
                     limit: float) -> PlughostError:
+        if inst is not None and inst.abi_error is not None:
+            # the instance's own record beats whatever exception surfaced
+            return PluginABIError(inst.abi_error, plugin=self.name, function=function)
         if isinstance(exc, PlughostError):
             return exc
         if isinstance(exc, _ABIViolation):
@@ -458,8 +476,13 @@ class WasmPlugin:
 
 
 def _describe(exc: BaseException) -> str:
-    text = exc.message if isinstance(exc, wasmtime.Trap) else str(exc)
-    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    """One line that says what went wrong: wasmtime puts the cause after the backtrace."""
+    text = (exc.message if isinstance(exc, wasmtime.Trap) else str(exc)).strip()
+    if "Caused by:" in text:
+        causes = [re.sub(r"^\d+:\s*", "", line.strip())
+                  for line in text.split("Caused by:", 1)[1].strip().splitlines()]
+        text = "; ".join(reversed([c for c in causes if c]))  # the root cause first
+    first = text.splitlines()[0] if text else type(exc).__name__
     return first
 
 

@@ -79,8 +79,8 @@ class ModuleCache:
     def _read(self, path: Path) -> wasmtime.Module | None:
         try:
             blob = path.read_bytes()
-        except FileNotFoundError:
-            return None
+        except (FileNotFoundError, NotADirectoryError):
+            return None  # no entry (or no cache dir yet): a plain miss
         except OSError as exc:
             logger.warning("module cache entry %s unreadable (%s); recompiling", path, exc)
             self._reject(path)
