@@ -5,6 +5,8 @@ sandboxed WebAssembly modules (wasmtime, in-process) and, later, out-of-process 
 executables. Start with `Manager` (registry and calls) and `Loader` (a plugin directory).
 """
 
+import logging
+
 from .errors import (
     HostCallError,
     ManifestError,
@@ -31,6 +33,9 @@ from .registration import Registration
 from .runtimes.wasm import WasmEngine
 
 __version__ = "0.1.0"
+
+# A library logs; the application decides where logs go.
+logging.getLogger("plughost").addHandler(logging.NullHandler())
 
 __all__ = [
     "DiscoveredPlugin",

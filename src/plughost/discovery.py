@@ -10,8 +10,11 @@
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+import yaml
 
 from .errors import ManifestError, PlughostError, PluginLoadError
 from .manifest import MANIFEST_FILE, LoadedManifest, Manifest, is_valid_name, load_manifest
@@ -70,20 +73,38 @@ def _walk(directory: Path, out: list[Found]) -> None:
             else:
                 _walk(sub, out)
         elif e.name.endswith(".wasm"):
-            out.append(_single(Path(e.path), e.name[:-5], "wasm"))
+            out.append(single_file(Path(e.path), e.name[:-5], "wasm"))
         elif e.name.endswith(".zip"):
-            f = _single(Path(e.path), e.name[:-4], "wasm")
-            out.append(f if f.error else replace(f, error=PluginLoadError(
-                ".zip plugin packages are not supported by this version yet",
-                plugin=f.name, path=f.path)))
+            out.append(_package(Path(e.path), e.name[:-4]))
 
 
-def _single(path: Path, name: str, kind: Kind) -> Found:
+def single_file(path: Path, name: str, kind: Kind) -> Found:
     if not is_valid_name(name):
         return Found(name, path, kind, error=ManifestError(
             f"file name {path.name!r} is not a valid plugin name ([a-z0-9][a-z0-9._-]{{0,63}})",
             plugin=name, path=path))
     return Found(name, path, kind)
+
+
+def _package(path: Path, name: str) -> Found:
+    """A `.zip` package: named by its file; its kind is peeked from the manifest inside
+    (the package is only unpacked, with every check, when it is loaded)."""
+    found = single_file(path, name, "wasm")
+    if found.error is not None:
+        return found
+    try:
+        with zipfile.ZipFile(path) as zf:
+            info = zf.getinfo("plugin.yaml")
+            if info.file_size > 256 * 1024:
+                raise ValueError("plugin.yaml is too large")
+            data = yaml.safe_load(zf.read(info))
+        runtime = data.get("runtime") if isinstance(data, dict) else None
+        if runtime is None and isinstance(data, dict) and "binary" in data:
+            runtime = "grpc"
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, yaml.YAMLError) as exc:
+        return replace(found, error=PluginLoadError(
+            f"package has no readable plugin.yaml ({exc})", plugin=name, path=path))
+    return replace(found, kind="grpc" if runtime == "grpc" else "wasm")
 
 
 def _plugin_dir(path: Path) -> Found:

@@ -8,25 +8,27 @@ which re-reads and re-checks the plugin from disk, so a swapped file never skips
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .discovery import Found, bare_manifest, scan
+from .discovery import Found, scan, single_file
 from .errors import (
-    ManifestError,
     PlughostError,
     PluginLoadError,
     PluginNotFound,
     PluginUnavailable,
 )
 from .manager import Manager
-from .manifest import LoadedManifest, Manifest, load_manifest
-from .plugin import Kind, Plugin, PluginSource
+from .manifest import Manifest, load_manifest
+from .packaging import PackageLimits
+from .plugin import Kind, Plugin
 from .runtimes.grpc import RestartPolicy, load_grpc_plugin
 from .runtimes.wasm import WasmEngine, load_wasm_plugin
+from .staging import Stager, TrustedKey
 
 logger = logging.getLogger(__name__)
 
@@ -58,13 +60,19 @@ class Loader:
     """Discovery and loading for one plugin directory (SPEC 1)."""
 
     def __init__(self, plugin_dir: str | Path, manager: Manager, *, lazy: bool = False,
+                 trusted_keys: Iterable[TrustedKey] | None = None,
+                 require_signatures: bool | None = None,
                  cache_dir: str | Path | None = "default", engine: WasmEngine | None = None,
-                 restart_policy: RestartPolicy | None = None) -> None:
+                 restart_policy: RestartPolicy | None = None,
+                 package_limits: PackageLimits | None = None) -> None:
         self.plugin_dir = Path(plugin_dir)
         self.manager = manager
         self.lazy = lazy
         self.engine = engine or WasmEngine(cache_dir)
         self.restart_policy = restart_policy or RestartPolicy()
+        # Verification is on with trusted keys (argument or PLUGHOST_TRUSTED_KEYS) or with
+        # PLUGHOST_REQUIRE_SIGNATURES=1; then every load path refuses unsigned plugins.
+        self.stager = Stager(trusted_keys, require=require_signatures, limits=package_limits)
         self._found: dict[str, Found] = {}
         self._all: list[Found] = []
         self._extra: dict[str, Found] = {}  # load_wasm_from_path: outside the tree
@@ -177,10 +185,7 @@ class Loader:
         """
         p = Path(path)
         if p.is_dir():
-            try:
-                lm = load_manifest(p)
-            except ManifestError as exc:
-                raise exc
+            lm = load_manifest(p)
             found = Found(lm.name, p, lm.manifest.runtime, manifest=lm, warnings=lm.warnings)
         else:
             stem = name or p.name.removesuffix(".wasm")
@@ -229,6 +234,18 @@ class Loader:
         with self._name_lock(name):
             self.manager.unregister(name)
 
+    def close(self) -> None:
+        """Unload what this loader loaded and remove its private copies."""
+        with self._lock:
+            names = list(self._found)
+        for name in names:
+            if self.manager.get(name) is not None:
+                try:
+                    self.unload(name)
+                except PlughostError:
+                    pass
+        self.stager.close()
+
     # -- asyncio twins -------------------------------------------------------------------
 
     async def aload_all(self) -> tuple[int, list[PlughostError]]:
@@ -275,49 +292,38 @@ class Loader:
             raise found.error
         return found
 
-    def _source(self, found: Found) -> PluginSource:
-        """Re-read the manifest from disk: what runs is checked now, not at discovery."""
-        if found.path.is_dir():
-            lm: LoadedManifest | None = load_manifest(found.path)
-            assert lm is not None
-            if lm.name != found.name:
-                raise ManifestError(f"name changed on disk from {found.name!r} to "
-                                    f"{lm.name!r}; rescan to pick it up", plugin=found.name,
-                                    path=lm.path, field="name")
-            return PluginSource(found.name, lm.manifest.runtime, found.path, lm.entry,
-                                lm.manifest, lm)
-        return PluginSource(found.name, "wasm", found.path, found.path,
-                            bare_manifest(found.name), None)
-
     def _build(self, found: Found) -> Plugin:
-        source = self._source(found)
-        log = self.manager.log_for(source.name)
+        """Stage (verify, copy/unpack) and start one version; nothing is registered here."""
+        log = self.manager.log_for(found.name)
         try:
-            plugin: Plugin
-            if source.kind == "grpc":
-                plugin = load_grpc_plugin(
-                    source, self.manager.host, log, policy=self.restart_policy,
-                    on_event=lambda kind, detail: self.manager.emit(kind, source.name, detail))
-            else:
-                try:
-                    wasm = source.entry.read_bytes()
-                except OSError as exc:
-                    raise PluginLoadError(f"cannot read module: {exc}", plugin=source.name,
-                                          path=source.entry) from None
-                plugin = load_wasm_plugin(source, wasm, self.engine, self.manager.host, log)
+            staged = self.stager.stage(found, log)
+            source = staged.source
+            try:
+                plugin: Plugin
+                if source.kind == "grpc":
+                    plugin = load_grpc_plugin(
+                        source, self.manager.host, log, policy=self.restart_policy,
+                        on_event=lambda kind, detail: self.manager.emit(kind, source.name,
+                                                                        detail))
+                else:
+                    assert staged.module is not None
+                    plugin = load_wasm_plugin(source, staged.module, self.engine,
+                                              self.manager.host, log)
+            except BaseException:
+                if source.private_dir is not None:
+                    shutil.rmtree(source.private_dir, ignore_errors=True)
+                raise
         except PlughostError as exc:
             log.error(f"load failed: {exc}", source="host")
             raise
-        log.info(f"loaded version {plugin.registration.version} from {source.entry}",
+        log.info(f"loaded version {plugin.registration.version} from {found.path}",
                  source="host")
         return plugin
 
 
 def scan_single(path: Path, name: str) -> Found:
     """Discovery of one file given by path (used by `load_wasm_from_path`)."""
-    from .discovery import _single
-
     if not path.is_file():
         return Found(name, path, "wasm", error=PluginNotFound("no such file", plugin=name,
                                                               path=path))
-    return _single(path, name, "wasm")
+    return single_file(path, name, "wasm")

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -201,6 +202,9 @@ class Manager:
             entry.plugin.shutdown()
         except Exception as exc:  # a bad shutdown must not break the swap that retired it
             entry.plugin.log.error(f"shutdown failed: {exc}", source="host")
+        private = entry.plugin.source.private_dir
+        if private is not None:  # this version's private copy dies with it
+            shutil.rmtree(private, ignore_errors=True)
 
     def enable(self, name: str) -> None:
         self._set_enabled(name, True)

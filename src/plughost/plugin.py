@@ -19,10 +19,12 @@ class PluginSource:
 
     name: str
     kind: Kind
-    path: Path  # what was discovered: the .wasm file or the plugin directory
+    path: Path  # what was discovered: the .wasm/.zip file or the plugin directory
+    plugin_dir: Path  # where this version runs from (a private copy when verified/unpacked)
     entry: Path  # the module or executable
     manifest: Manifest
     loaded_manifest: LoadedManifest | None  # None for a bare <name>.wasm
+    private_dir: Path | None = None  # owned by this version; removed when it is retired
 
     @property
     def has_manifest(self) -> bool:

@@ -189,7 +189,7 @@ class GrpcPlugin:
         with self._lock:
             self._gen += 1
             gen = self._gen
-        proc = ChildProcess(self._command(), str(self._source.path), self._environment(),
+        proc = ChildProcess(self._command(), str(self._source.plugin_dir), self._environment(),
                             self._log, self.name, on_exit=lambda code: self._exited(gen, code))
         channel: grpc.Channel | None = None
         try:

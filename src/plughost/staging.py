@@ -1,0 +1,207 @@
+"""Staging: turn a discovery record into one verified version of a plugin, ready to run.
+
+This is where "every load path verifies" and "the verified bytes are the bytes that run"
+are kept, once, for both runtimes:
+- a single `.wasm` is read into memory once; its signature is checked against those bytes,
+  and the runtime compiles those same bytes;
+- a signed plugin directory is copied into a private 0700 directory first, and the copy is
+  verified and run (a grpc executable never runs from a path its author can still change);
+- a `.zip` package is read once, verified (sidecar `x.zip.sig`, or `plugin.sig` inside),
+  and unpacked safely into a private per-version directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from .discovery import Found, bare_manifest
+from .errors import ManifestError, PluginLoadError, SignatureError
+from .logs import PluginLog
+from .manifest import LoadedManifest, load_manifest
+from .packaging import PackageLimits, extract
+from .plugin import PluginSource
+from .signing import (
+    DIR_SIGNATURE,
+    SIG_SUFFIX,
+    file_digest,
+    list_directory,
+    load_trusted_keys,
+    parse_signature,
+    verify_digest,
+)
+
+TrustedKey = str | os.PathLike[str] | bytes | Ed25519PublicKey
+
+
+@dataclass(frozen=True)
+class Staged:
+    source: PluginSource
+    module: bytes | None  # a wasm module's verified bytes (None for grpc)
+
+
+class Stager:
+    """Verifies and prepares plugin versions; owns the private directory they run from."""
+
+    def __init__(self, trusted_keys: Iterable[TrustedKey] | None = None, *,
+                 require: bool | None = None, limits: PackageLimits | None = None) -> None:
+        keys = list(trusted_keys or [])
+        env_keys = os.environ.get("PLUGHOST_TRUSTED_KEYS", "")
+        keys += [p for p in env_keys.split(os.pathsep) if p]
+        self.keys: list[Ed25519PublicKey] = load_trusted_keys(keys)
+        if require is None:
+            require = bool(self.keys) or os.environ.get("PLUGHOST_REQUIRE_SIGNATURES") == "1"
+        self.require = require
+        self.limits = limits or PackageLimits()
+        self._root: Path | None = None
+        self._lock = threading.Lock()
+
+    # -- private storage -----------------------------------------------------------------
+
+    def _private(self, name: str, tag: str) -> Path:
+        with self._lock:
+            if self._root is None:
+                self._root = Path(tempfile.mkdtemp(prefix="plughost-"))
+        return Path(tempfile.mkdtemp(prefix=f"{name}-{tag[:12]}-", dir=self._root))
+
+    def close(self) -> None:
+        """Remove every private copy (call after the plugins using them are shut down)."""
+        with self._lock:
+            root, self._root = self._root, None
+        if root is not None:
+            shutil.rmtree(root, ignore_errors=True)
+
+    # -- staging -------------------------------------------------------------------------
+
+    def stage(self, found: Found, log: PluginLog) -> Staged:
+        if found.path.suffix == ".zip" and found.path.is_file():
+            return self._stage_package(found, log)
+        if found.path.is_dir():
+            return self._stage_directory(found, log)
+        return self._stage_file(found, log)
+
+    def _stage_file(self, found: Found, log: PluginLog) -> Staged:
+        try:
+            data = found.path.read_bytes()
+        except OSError as exc:
+            raise PluginLoadError(f"cannot read module: {exc}", plugin=found.name,
+                                  path=found.path) from None
+        self._check_sidecar(found, data, log)
+        source = PluginSource(found.name, "wasm", found.path, found.path.parent, found.path,
+                              bare_manifest(found.name), None)
+        return Staged(source, data)
+
+    def _stage_directory(self, found: Found, log: PluginLog) -> Staged:
+        run_dir, private = found.path, None
+        if self.require:
+            private = self._private(found.name, "dir")
+            try:
+                # symlinks are copied as links, so the check below refuses them
+                shutil.copytree(found.path, private, symlinks=True, dirs_exist_ok=True)
+                self._check_directory(found.name, private, found.path)
+            except BaseException:
+                shutil.rmtree(private, ignore_errors=True)
+                raise
+            run_dir = private
+        else:
+            self._note_unverified(found.path / DIR_SIGNATURE, log)
+        return self._from_directory(found, run_dir, private)
+
+    def _stage_package(self, found: Found, log: PluginLog) -> Staged:
+        try:
+            data = found.path.read_bytes()
+        except OSError as exc:
+            raise PluginLoadError(f"cannot read package: {exc}", plugin=found.name,
+                                  path=found.path) from None
+        sidecar = found.path.with_name(found.path.name + SIG_SUFFIX)
+        verified = False
+        if self.require and sidecar.exists():
+            self._check_sidecar(found, data, log)
+            verified = True
+        private = self._private(found.name, hashlib.sha256(data).hexdigest())
+        dest = private / "plugin"
+        try:
+            extract(data, dest, plugin=found.name, source=found.path, limits=self.limits)
+            if self.require and not verified:
+                self._check_directory(found.name, dest, found.path)
+            elif not self.require:
+                self._note_unverified(sidecar if sidecar.exists() else dest / DIR_SIGNATURE,
+                                      log)
+            return self._from_directory(found, dest, private)
+        except BaseException:
+            shutil.rmtree(private, ignore_errors=True)
+            raise
+
+    def _from_directory(self, found: Found, run_dir: Path, private: Path | None) -> Staged:
+        try:
+            lm: LoadedManifest = load_manifest(run_dir)
+        except ManifestError as exc:
+            exc.path = str(found.path / "plugin.yaml") if found.path.is_dir() else exc.path
+            raise
+        if lm.name != found.name:
+            raise ManifestError(f"names the plugin {lm.name!r}, but it was discovered as "
+                                f"{found.name!r}; rescan, or rename", plugin=found.name,
+                                path=found.path, field="name")
+        source = PluginSource(found.name, lm.manifest.runtime, found.path, run_dir, lm.entry,
+                              lm.manifest, lm, private)
+        module = None
+        if source.kind == "wasm":
+            try:
+                module = lm.entry.read_bytes()
+            except OSError as exc:
+                raise PluginLoadError(f"cannot read module: {exc}", plugin=found.name,
+                                      path=lm.entry) from None
+        return Staged(source, module)
+
+    # -- signatures ------------------------------------------------------------------------
+
+    def _check_sidecar(self, found: Found, data: bytes, log: PluginLog) -> None:
+        sidecar = found.path.with_name(found.path.name + SIG_SUFFIX)
+        if not self.require:
+            self._note_unverified(sidecar, log)
+            return
+        try:
+            text = sidecar.read_bytes()
+        except FileNotFoundError:
+            raise SignatureError(f"unsigned: {sidecar.name} not found and signatures are "
+                                 "required", plugin=found.name, path=found.path) from None
+        self._verify(found.name, found.path, file_digest(data), text, sidecar, log)
+
+    def _check_directory(self, name: str, directory: Path, shown: Path) -> None:
+        sig_path = directory / DIR_SIGNATURE
+        try:
+            text = sig_path.read_bytes()
+        except FileNotFoundError:
+            raise SignatureError(f"unsigned: {DIR_SIGNATURE} not found and signatures are "
+                                 "required", plugin=name, path=shown) from None
+        try:
+            digest = list_directory(directory).digest
+        except SignatureError as exc:
+            raise SignatureError(exc.message, plugin=name, path=shown) from None
+        self._verify(name, shown, digest, text, shown / DIR_SIGNATURE, None)
+
+    def _verify(self, name: str, path: Path, digest: bytes, sig_text: bytes, sig_path: Path,
+                log: PluginLog | None) -> None:
+        if not self.keys:
+            raise SignatureError("signatures are required but no trusted keys are configured "
+                                 "(trusted_keys= or PLUGHOST_TRUSTED_KEYS)", plugin=name,
+                                 path=path)
+        sig = parse_signature(sig_text, path=sig_path, plugin=name)
+        verify_digest(digest, sig, self.keys, plugin=name, path=path)
+
+    @staticmethod
+    def _note_unverified(sig_path: Path, log: PluginLog) -> None:
+        if sig_path.exists():
+            log.warning("signature present but not verified: verification is off",
+                        source="host")
+        else:
+            log.warning("unsigned plugin loaded: signature verification is off",
+                        source="host")
