@@ -11,7 +11,7 @@ import logging
 import shutil
 import threading
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -240,10 +240,8 @@ class Loader:
             names = list(self._found)
         for name in names:
             if self.manager.get(name) is not None:
-                try:
+                with suppress(PlughostError):
                     self.unload(name)
-                except PlughostError:
-                    pass
         self.stager.close()
 
     # -- asyncio twins -------------------------------------------------------------------
