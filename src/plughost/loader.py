@@ -29,6 +29,7 @@ from .plugin import Kind, Plugin
 from .runtimes.grpc import RestartPolicy, load_grpc_plugin
 from .runtimes.wasm import WasmEngine, load_wasm_plugin
 from .staging import Stager, TrustedKey
+from .watch import Watcher
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class Loader:
         self._extra: dict[str, Found] = {}  # load_wasm_from_path: outside the tree
         self._lock = threading.Lock()
         self._name_locks: dict[str, _NameLock] = {}
+        self._watcher: Watcher | None = None
         if lazy:
             manager.set_lazy_loader(self)
 
@@ -100,6 +102,11 @@ class Loader:
             for w in f.warnings:
                 self.manager.log_for(f.name).warning(f"plugin.yaml: {w}", source="host")
         return len(results)
+
+    def found(self) -> list[Found]:
+        """The raw discovery records (one per name)."""
+        with self._lock:
+            return list(self._found.values())
 
     def discovered(self) -> list[str]:
         with self._lock:
@@ -234,8 +241,31 @@ class Loader:
         with self._name_lock(name):
             self.manager.unregister(name)
 
+    # -- hot reload ----------------------------------------------------------------------
+
+    def watch_dir(self, debounce_ms: int = 500) -> Watcher:
+        """Watch the plugin directory and apply changes as they happen (SPEC 8)."""
+        with self._lock:
+            if self._watcher is not None and self._watcher.running:
+                return self._watcher
+            self._watcher = Watcher(self, debounce_ms=debounce_ms)
+            watcher = self._watcher
+        watcher.start()
+        return watcher
+
+    def stop_watch(self) -> None:
+        with self._lock:
+            watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.stop()
+
+    @property
+    def watcher(self) -> Watcher | None:
+        return self._watcher
+
     def close(self) -> None:
-        """Unload what this loader loaded and remove its private copies."""
+        """Stop watching, unload what this loader loaded and remove its private copies."""
+        self.stop_watch()
         with self._lock:
             names = list(self._found)
         for name in names:
