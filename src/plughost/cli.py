@@ -16,6 +16,14 @@ from rich.table import Table
 from .errors import PlughostError
 from .loader import Loader
 from .manager import Manager
+from .packaging import pack
+from .signing import (
+    generate_keypair,
+    load_private_key,
+    load_trusted_keys,
+    sign_path,
+    verify_path,
+)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="plughost: discover, load and call wasm and grpc plugins.")
@@ -96,6 +104,56 @@ def call(name: Annotated[str, typer.Argument(help="Plugin name.")],
     finally:
         manager.close()
     print(json.dumps(result))
+
+
+@app.command()
+def keygen(out: Annotated[Path, typer.Argument(help="Private key file to write.")]) -> None:
+    """Write a new ed25519 private key to OUT (mode 0600) and its public key to OUT.pub."""
+    try:
+        priv, pub = generate_keypair(out)
+    except FileExistsError:
+        raise _fail(f"{out} exists; refusing to overwrite a key") from None
+    except OSError as exc:
+        raise _fail(f"cannot write {out}: {exc}") from None
+    out_console = Console()
+    out_console.print(f"private key: {priv} (keep it secret)\npublic key:  {pub}")
+
+
+@app.command()
+def sign(path: Annotated[Path, typer.Argument(help="A .wasm/.zip file or a plugin dir.")],
+         key: Annotated[Path, typer.Option("--key", "-k", help="Private key file.")]) -> None:
+    """Sign PATH: writes PATH.sig for a file, plugin.sig inside a directory."""
+    try:
+        sig = sign_path(path, load_private_key(key))
+    except (OSError, ValueError, PlughostError) as exc:
+        raise _fail(str(exc)) from None
+    print(f"wrote {sig}")
+
+
+@app.command()
+def verify(path: Annotated[Path, typer.Argument(help="A .wasm/.zip file or a plugin dir.")],
+           trusted: Annotated[list[Path], typer.Option(
+               "--trusted", "-t", help="Public key file (repeat for several).")]) -> None:
+    """Exit 0 if PATH is signed by a trusted key; non-zero with the reason otherwise."""
+    try:
+        keys = load_trusted_keys(trusted)
+        index = verify_path(path, keys)
+    except (OSError, PlughostError) as exc:
+        raise _fail(f"{path}: {exc.message if isinstance(exc, PlughostError) else exc}") \
+            from None
+    print(f"{path}: valid signature (trusted key #{index + 1})")
+
+
+@app.command("pack")
+def pack_cmd(directory: Annotated[Path, typer.Argument(help="Plugin directory.")],
+             out: Annotated[Path, typer.Option("--out", "-o", help="The .zip to write.")]
+             ) -> None:
+    """Pack a plugin directory (with its signature, if signed) into a .zip package."""
+    try:
+        count = pack(directory, out)
+    except (OSError, PlughostError) as exc:
+        raise _fail(str(exc)) from None
+    print(f"wrote {out} ({count} files)")
 
 
 def main() -> None:
