@@ -30,7 +30,7 @@ from .errors import (
     PluginNotFound,
     PluginTimeout,
 )
-from .host import HostFunctions, default_host_functions
+from .host import HostAPI, HostFunctions, HostSettings, chain, default_host_functions
 from .logs import PluginLog
 from .plugin import Plugin
 
@@ -110,9 +110,14 @@ def decode_result(name: str, function: str, raw: bytes) -> Any:
 class Manager:
     """Registry + call routing. Safe to use from many threads; `a*` methods for asyncio."""
 
-    def __init__(self, host: HostFunctions | None = None, *, drain_timeout: float = 30.0,
+    def __init__(self, host: HostFunctions | HostAPI | None = None, *,
+                 settings: HostSettings | None = None, drain_timeout: float = 30.0,
                  max_workers: int = 32, log_capacity: int = 1000) -> None:
-        self.host = host or default_host_functions()
+        """`host`: a full table of host functions, or just the backends (`HostAPI`) behind
+        the built-in ones; default: SQLite/memory/httpx/smtplib (`settings` tunes them)."""
+        self.host = host if isinstance(host, HostFunctions) else default_host_functions(
+            host, settings)
+        self.host.manager = self
         self.drain_timeout = drain_timeout
         self._entries: dict[str, _Entry] = {}
         self._logs: dict[str, PluginLog] = {}
@@ -263,7 +268,8 @@ class Manager:
         """Call with JSON bytes in and out (no decoding)."""
         entry = self._acquire(name)
         try:
-            return entry.plugin.call(function, args, timeout=timeout)
+            with chain.entered(name):
+                return entry.plugin.call(function, args, timeout=timeout)
         except PlughostError:
             raise
         except Exception as exc:  # a runtime bug still reaches the caller as a typed error

@@ -4,6 +4,7 @@ One table serves both runtimes: wasm's `gk.host_call` and grpc's `Host.HostCall`
 `HostFunctions.dispatch`.
 """
 
+from .api import DefaultHostAPI, HostAPI, HostSettings
 from .dispatch import (
     HostContext,
     HostFunction,
@@ -13,9 +14,12 @@ from .dispatch import (
 )
 
 __all__ = [
+    "DefaultHostAPI",
+    "HostAPI",
     "HostContext",
     "HostFunction",
     "HostFunctions",
+    "HostSettings",
     "context_for",
     "default_host_functions",
 ]

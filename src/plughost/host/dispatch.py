@@ -7,12 +7,16 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import HostCallError, PermissionDenied
 from ..logs import PluginLog
 from ..plugin import PluginSource
 from ..registration import Registration
+from .api import DefaultHostAPI, HostAPI, HostSettings
+
+if TYPE_CHECKING:
+    from ..manager import Manager
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +60,9 @@ class HostFunction:
 class HostFunctions:
     """The table of host functions. Applications may register their own."""
 
-    def __init__(self) -> None:
+    def __init__(self, api: HostAPI | None = None) -> None:
+        self.api = api
+        self.manager: Manager | None = None  # bound by the Manager, for plugin_call
         self._table: dict[str, HostFunction] = {}
         self._lock = threading.Lock()
 
@@ -99,30 +105,18 @@ class HostFunctions:
             raise
 
 
-def _log(ctx: HostContext, args: Any) -> None:
-    if not isinstance(args, dict) or not isinstance(args.get("message"), str):
-        raise HostCallError('log: expected {"level": ..., "message": "..."}', plugin=ctx.plugin)
-    level = args.get("level", "info")
-    names = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
-             "warning": logging.WARNING, "error": logging.ERROR}
-    if isinstance(level, int) and not isinstance(level, bool):
-        lvl = {0: logging.DEBUG, 1: logging.INFO, 2: logging.WARNING}.get(level, logging.ERROR)
-    elif isinstance(level, str) and level.lower() in names:
-        lvl = names[level.lower()]
-    else:
-        raise HostCallError(f"log: unknown level {level!r}", plugin=ctx.plugin)
-    ctx.log.log(lvl, args["message"], source="plugin")
+def default_host_functions(api: HostAPI | None = None,
+                           settings: HostSettings | None = None) -> HostFunctions:
+    """The built-in table of SPEC 6, on `api` (default: `DefaultHostAPI(settings)`)."""
+    from . import functions as f
 
-
-def _config_get(ctx: HostContext, args: Any) -> Any:
-    if not isinstance(args, dict) or not isinstance(args.get("key"), str):
-        raise HostCallError('config_get: expected {"key": "..."}', plugin=ctx.plugin)
-    return ctx.config.get(args["key"])
-
-
-def default_host_functions() -> HostFunctions:
-    """The built-in table. Later backends (db, cache, http, email...) register here too."""
-    table = HostFunctions()
-    table.register("log", _log, permission="log")
-    table.register("config_get", _config_get, permission="config")
+    backend: HostAPI = api if api is not None else DefaultHostAPI(settings)
+    depth = (settings or getattr(backend, "settings", None) or HostSettings()).max_call_depth
+    table = HostFunctions(backend)
+    table.register("log", f.log, permission="log")
+    table.register("config_get", f.config_get, permission="config")
+    table.register("translate", f.translate, permission=None)
+    for name, (permission, handler) in f.make_backend_functions(backend).items():
+        table.register(name, handler, permission=permission)
+    table.register("plugin_call", f.make_plugin_call(table, depth), permission="plugin.call")
     return table

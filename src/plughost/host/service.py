@@ -17,6 +17,7 @@ from ..errors import HostCallError
 from ..logs import GK_LEVELS
 from ..proto.plughost.v1 import plugin_pb2 as pb
 from ..proto.plughost.v1 import plugin_pb2_grpc as pb_grpc
+from . import chain
 from .dispatch import HostContext, HostFunctions
 
 logger = logging.getLogger(__name__)
@@ -29,8 +30,12 @@ class _HostServicer(pb_grpc.HostServicer):
 
     def HostCall(self, request: pb.HostCallRequest, context: grpc.ServicerContext
                  ) -> pb.HostCallResponse:
+        ctx = self._context()
+        call_id = dict(context.invocation_metadata()).get(chain.CALL_ID_METADATA)
         try:
-            result = self._host.dispatch(self._context(), request.function, request.args)
+            with chain.using(chain.lookup(call_id if isinstance(call_id, str) else None,
+                                          ctx.plugin)):
+                result = self._host.dispatch(ctx, request.function, request.args)
         except HostCallError as exc:
             return pb.HostCallResponse(error=exc.message)
         return pb.HostCallResponse(result=result)

@@ -32,7 +32,7 @@ from ..errors import (
     PluginTimeout,
     PluginUnavailable,
 )
-from ..host import HostContext, HostFunctions, context_for
+from ..host import HostContext, HostFunctions, chain, context_for
 from ..host.service import HostServer
 from ..logs import PluginLog
 from ..plugin import Kind, PluginSource
@@ -141,7 +141,11 @@ class GrpcPlugin:
             raise PluginUnavailable(why, plugin=self.name)
         limit = self.call_timeout if timeout is None else min(timeout, self.call_timeout)
         try:
-            resp = conn.stub.Call(pb.CallRequest(function=function, args=args), timeout=limit)
+            # The call id lets this plugin's host calls find their call chain (plugin_call).
+            with chain.remote_call() as call_id:
+                resp = conn.stub.Call(pb.CallRequest(function=function, args=args),
+                                      timeout=limit,
+                                      metadata=((chain.CALL_ID_METADATA, call_id),))
         except grpc.RpcError as exc:
             raise self._rpc_error(exc, function, limit) from None
         if resp.error:

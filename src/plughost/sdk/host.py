@@ -9,10 +9,15 @@ from typing import Any
 
 import grpc
 
+from ..host.chain import CALL_ID_METADATA
 from ..proto.plughost.v1 import plugin_pb2 as pb
 from ..proto.plughost.v1 import plugin_pb2_grpc as pb_grpc
 
 _LEVELS = {"debug": 0, "info": 1, "warn": 2, "warning": 2, "error": 3}
+
+# The host's id of the call this thread is serving; forwarded on host calls so that the
+# host can check plugin_call chains (depth, cycles) across processes.
+_current_call = threading.local()
 
 
 class HostError(Exception):
@@ -43,8 +48,11 @@ class HostClient:
         """Run host function `function` with JSON-able `args`; return its decoded result."""
         payload = json.dumps({} if args is None else args).encode()
         try:
+            call_id = getattr(_current_call, "id", None)
             resp = self._host().HostCall(pb.HostCallRequest(function=function, args=payload),
-                                         timeout=self._timeout)
+                                         timeout=self._timeout,
+                                         metadata=((CALL_ID_METADATA, call_id),) if call_id
+                                         else None)
         except grpc.RpcError as exc:
             raise HostError(f"{function}: host unreachable: {exc.code().name}") from None
         if resp.error:

@@ -16,8 +16,10 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from ..host.chain import CALL_ID_METADATA
 from ..proto.plughost.v1 import plugin_pb2 as pb
 from ..proto.plughost.v1 import plugin_pb2_grpc as pb_grpc
+from .host import _current_call
 
 Handler = Callable[[Any], Any]
 F = TypeVar("F", bound=Handler)
@@ -139,6 +141,8 @@ class _Servicer(pb_grpc.PluginServicer):
         return pb.Empty()
 
     def Call(self, request: pb.CallRequest, context: grpc.ServicerContext) -> pb.CallResponse:
+        call_id = dict(context.invocation_metadata()).get(CALL_ID_METADATA)
+        _current_call.id = call_id if isinstance(call_id, str) else None
         fn = self._p.functions.get(request.function)
         if fn is None:
             return pb.CallResponse(error=f"unknown function: {request.function}")
