@@ -1,11 +1,17 @@
 """plughost: a plugin host for Python applications.
 
 Discover, verify, load (eagerly or lazily), call, hot-reload atomically and unload plugins:
-sandboxed WebAssembly modules (wasmtime, in-process) and, later, out-of-process gRPC
-executables. Start with `Manager` (registry and calls) and `Loader` (a plugin directory).
+sandboxed WebAssembly modules (wasmtime, in-process) and out-of-process gRPC executables.
+Start with `Manager` (registry and calls) and `Loader` (a plugin directory); `plughost.sdk`
+is for authors of Python grpc plugins; `plughost.server` serves it all over HTTP.
 """
 
 import logging
+import os
+
+# plughost forks only to exec plugin processes at once; gRPC's fork handlers (meant for
+# children that keep using gRPC) would only print warnings. Must be set before gRPC loads.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 from .errors import (
     HostCallError,
@@ -23,7 +29,14 @@ from .errors import (
     PluginUnavailable,
     SignatureError,
 )
-from .host import HostContext, HostFunctions, default_host_functions
+from .host import (
+    DefaultHostAPI,
+    HostAPI,
+    HostContext,
+    HostFunctions,
+    HostSettings,
+    default_host_functions,
+)
 from .loader import DiscoveredPlugin, Loader
 from .logs import LogRecord, PluginLog
 from .manager import Event, Manager, PluginInfo
@@ -38,11 +51,14 @@ __version__ = "0.1.0"
 logging.getLogger("plughost").addHandler(logging.NullHandler())
 
 __all__ = [
+    "DefaultHostAPI",
     "DiscoveredPlugin",
     "Event",
+    "HostAPI",
     "HostCallError",
     "HostContext",
     "HostFunctions",
+    "HostSettings",
     "LoadedManifest",
     "Loader",
     "LogRecord",

@@ -17,6 +17,7 @@ from .errors import PlughostError
 from .loader import Loader
 from .manager import Manager
 from .packaging import pack
+from .scaffold import create as create_scaffold
 from .signing import (
     generate_keypair,
     load_private_key,
@@ -44,6 +45,8 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v",
           ) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:  # plugins' own chatter stays in their logs unless asked for
+        logging.getLogger("plughost.plugin").setLevel(logging.ERROR)
 
 
 @app.command("list")
@@ -104,6 +107,24 @@ def call(name: Annotated[str, typer.Argument(help="Plugin name.")],
     finally:
         manager.close()
     print(json.dumps(result))
+
+
+@app.command()
+def new(name: Annotated[str, typer.Argument(help="Plugin name.")],
+        runtime: Annotated[str, typer.Option("--runtime", "-r",
+                                             help="wasm (WAT) or grpc (Python SDK).")] = "wasm",
+        dest: Annotated[Path, typer.Option("--dir", "-d",
+                                           help="Where to create it.")] = Path("plugins"),
+        ) -> None:
+    """Create a working plugin scaffold whose `hello` function answers at once."""
+    try:
+        pdir = create_scaffold(name, runtime, dest)
+    except (OSError, PlughostError) as exc:
+        raise _fail(str(exc)) from None
+    print(f"created {pdir}")
+    print(f"try it:  plughost call --dir {dest} {name} hello")
+    if runtime == "wasm":
+        print(f"rebuild after editing {name}.wat:  python {pdir / 'build.py'}")
 
 
 @app.command()
