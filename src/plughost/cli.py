@@ -177,6 +177,32 @@ def pack_cmd(directory: Annotated[Path, typer.Argument(help="Plugin directory.")
     print(f"wrote {out} ({count} files)")
 
 
+@app.command()
+def serve(directory: DirArg = Path("plugins"),
+          host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(help="Port to listen on (0: any free).")] = 8080,
+          watch: Annotated[bool, typer.Option(
+              "--watch/--no-watch", help="Hot-reload plugins when their files change.")] = True,
+          debounce_ms: Annotated[int, typer.Option(
+              "--debounce-ms", help="Wait this long for changes to settle.")] = 500,
+          lazy: Annotated[bool, typer.Option(
+              "--lazy", help="Load each plugin on its first call, not at start.")] = False,
+          ) -> None:
+    """Serve DIRECTORY: JSON API, live events, plugin routes and an admin page at /.
+
+    Ctrl-C or SIGTERM stops it gracefully: every plugin is unloaded first.
+    """
+    # Imported here so the other commands do not pay for starlette and uvicorn.
+    from .server import ServeError
+    from .server import serve as run_server
+
+    try:
+        run_server(directory, host=host, port=port, watch=watch, debounce_ms=debounce_ms,
+                   lazy=lazy, echo=lambda line: print(line, flush=True))
+    except ServeError as exc:
+        raise _fail(str(exc)) from None
+
+
 def main() -> None:
     try:
         app()

@@ -99,7 +99,11 @@ class HostFunctions:
             except Exception as exc:  # a backend failure is the plugin's error, not ours
                 logger.debug("host function %s failed for %s", name, ctx.plugin, exc_info=True)
                 raise HostCallError(f"{name} failed: {exc}", plugin=ctx.plugin) from exc
-            return json.dumps(result, separators=(",", ":")).encode()
+            try:  # strict JSON: what a Go or Rust plugin can parse
+                return json.dumps(result, separators=(",", ":"), allow_nan=False).encode()
+            except (TypeError, ValueError) as exc:
+                raise HostCallError(f"{name}: result cannot be sent as JSON: {exc}",
+                                    plugin=ctx.plugin) from None
         except HostCallError as exc:
             ctx.log.warning(f"host call refused: {exc.message}", source="host")
             raise

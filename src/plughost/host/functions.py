@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
-import string
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import HostCallError, PlughostError
 from . import chain
 from .api import HostAPI
+from .http import check_url
 
 if TYPE_CHECKING:
     from ..manager import Manager
@@ -32,6 +33,21 @@ def _str(ctx: HostContext, args: dict[str, Any], key: str, fn: str) -> str:
     if not isinstance(v, str) or not v:
         raise HostCallError(f"{fn}: {key!r} must be a non-empty string", plugin=ctx.plugin)
     return v
+
+
+_SCALARS = (str, int, float, type(None))
+_ADDRESS = re.compile(r"[^@\s,;<>\"']+@[^@\s,;<>\"']+\.?[^@\s,;<>\"']*")
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
+def _sql_args(ctx: HostContext, a: dict[str, Any], fn: str) -> list[Any]:
+    args = a.get("args")
+    if args is None:
+        return []
+    if not isinstance(args, list) or not all(isinstance(v, _SCALARS) for v in args):
+        raise HostCallError(f"{fn}: 'args' must be a list of strings, numbers, booleans or "
+                            "nulls", plugin=ctx.plugin)
+    return args
 
 
 def log(ctx: HostContext, args: Any) -> None:
@@ -71,11 +87,9 @@ def translate(ctx: HostContext, args: Any) -> str:
         if isinstance(table, dict) and isinstance(table.get(key), str):
             text = table[key]
             break
-    fields = {f for _, f, _, _ in string.Formatter().parse(text) if f}
-    for f in fields:  # only plain {name} placeholders; nothing else of format() is exposed
-        if f in values:
-            text = text.replace("{" + f + "}", str(values[f]))
-    return text
+    # One pass over plain {name} placeholders: filled values are never substituted again,
+    # and nothing else of str.format (attributes, indexing, format specs) is exposed.
+    return _PLACEHOLDER.sub(lambda m: str(values[m[1]]) if m[1] in values else m[0], text)
 
 
 def make_backend_functions(api: HostAPI) -> dict[str, tuple[str, Callable[..., Any]]]:
@@ -83,11 +97,13 @@ def make_backend_functions(api: HostAPI) -> dict[str, tuple[str, Callable[..., A
 
     def db_query(ctx: HostContext, args: Any) -> Any:
         a = _obj(ctx, args, "db_query", '{"query": "...", "args": [...]}')
-        return api.db_query(ctx.plugin, _str(ctx, a, "query", "db_query"), a.get("args") or [])
+        return api.db_query(ctx.plugin, _str(ctx, a, "query", "db_query"),
+                            _sql_args(ctx, a, "db_query"))
 
     def db_exec(ctx: HostContext, args: Any) -> Any:
         a = _obj(ctx, args, "db_exec", '{"query": "...", "args": [...]}')
-        return api.db_exec(ctx.plugin, _str(ctx, a, "query", "db_exec"), a.get("args") or [])
+        return api.db_exec(ctx.plugin, _str(ctx, a, "query", "db_exec"),
+                           _sql_args(ctx, a, "db_exec"))
 
     def cache_get(ctx: HostContext, args: Any) -> Any:
         a = _obj(ctx, args, "cache_get", '{"key": "..."}')
@@ -121,8 +137,10 @@ def make_backend_functions(api: HostAPI) -> dict[str, tuple[str, Callable[..., A
         if body is not None and not isinstance(body, str):
             body = json.dumps(body)
         timeout = a.get("timeout")
+        url = _str(ctx, a, "url", "http_request")
+        check_url(ctx.plugin, url, ctx.allowed_hosts)  # here, so app backends get it too
         return api.http_request(ctx.plugin, ctx.allowed_hosts, str(a.get("method") or "GET"),
-                                _str(ctx, a, "url", "http_request"), headers, body,
+                                url, headers, body,
                                 float(timeout) if isinstance(timeout, int | float) else None)
 
     def send_email(ctx: HostContext, args: Any) -> Any:
@@ -130,7 +148,7 @@ def make_backend_functions(api: HostAPI) -> dict[str, tuple[str, Callable[..., A
         to = a.get("to")
         recipients = [to] if isinstance(to, str) else to
         if not isinstance(recipients, list) or not recipients or not all(
-                isinstance(r, str) and "@" in r for r in recipients):
+                isinstance(r, str) and _ADDRESS.fullmatch(r) for r in recipients):
             raise HostCallError("send_email: 'to' must be an address or a list of them",
                                 plugin=ctx.plugin)
         html = a.get("html")

@@ -25,6 +25,21 @@ def host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
     return False
 
 
+def check_url(plugin: str, url: str, allowed: tuple[str, ...]) -> None:
+    """Refuse anything but http(s) to a host in `allowed`."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise HostCallError(f"http_request: {url!r} is not an http(s) URL", plugin=plugin)
+    netloc = parts.hostname + (f":{port}" if port else "")
+    if not (host_allowed(parts.hostname, allowed) or host_allowed(netloc, allowed)):
+        raise PermissionDenied(f"http_request: host {parts.hostname!r} is not in the "
+                               f"manifest's allowed_hosts {list(allowed)}", plugin=plugin)
+
+
 class HttpClient:
     def __init__(self, timeout: float = 10.0, max_bytes: int = 1024 * 1024) -> None:
         self.timeout = timeout
@@ -33,13 +48,7 @@ class HttpClient:
     def request(self, plugin: str, allowed: tuple[str, ...], method: str, url: str,
                 headers: dict[str, str], body: str | bytes | None,
                 timeout: float | None) -> dict[str, Any]:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise HostCallError(f"http_request: {url!r} is not an http(s) URL", plugin=plugin)
-        netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
-        if not (host_allowed(parts.hostname, allowed) or host_allowed(netloc, allowed)):
-            raise PermissionDenied(f"http_request: host {parts.hostname!r} is not in the "
-                                   f"manifest's allowed_hosts {list(allowed)}", plugin=plugin)
+        check_url(plugin, url, allowed)
         limit = min(timeout or self.timeout, self.timeout)
         try:
             with httpx.Client(timeout=limit, follow_redirects=False) as client, \

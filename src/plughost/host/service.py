@@ -38,6 +38,9 @@ class _HostServicer(pb_grpc.HostServicer):
                 result = self._host.dispatch(ctx, request.function, request.args)
         except HostCallError as exc:
             return pb.HostCallResponse(error=exc.message)
+        except Exception as exc:  # never let a host bug look like a network failure
+            logger.exception("HostCall %s from %s failed", request.function, ctx.plugin)
+            return pb.HostCallResponse(error=f"{request.function}: host error: {exc}")
         return pb.HostCallResponse(result=result)
 
     def Log(self, request: pb.LogRequest, context: grpc.ServicerContext) -> pb.Empty:

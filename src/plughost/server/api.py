@@ -1,0 +1,223 @@
+"""The JSON API (SPEC 9) and the plugin routes. Blocking work never runs on the loop: plugin
+calls use `manager.acall`, loads and unloads the loader's `a*` twins."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ..errors import PlughostError, PluginNotFound
+from ..manager import PluginInfo
+from .errors import LOAD_ERRORS, bad_request, error_json, error_response
+from .events import EventStream
+from .routes import match_route, read_body, request_args, to_response
+from .state import ServerState, state_of
+
+ACTIONS = ("load", "unload", "reload", "enable", "disable")
+
+
+# -- reading -----------------------------------------------------------------------------
+
+def plugin_rows(st: ServerState, root: str = "") -> list[dict[str, Any]]:
+    """Every plugin: loaded, discovered but not loaded, and broken (sorted by name).
+
+    `root` is the app's mount prefix (a route's `url` includes it)."""
+    rows: list[dict[str, Any]] = []
+    listed: set[str] = set()
+    infos = {i.name: i for i in st.manager.list()}
+    for d in st.loader.discovered_plugins():
+        info = infos.get(d.name) if d.loaded else None
+        row: dict[str, Any] = {
+            "name": d.name, "type": d.type, "path": str(d.path),
+            "version": d.manifest.version if d.manifest and d.manifest.version else "",
+            "description": d.manifest.description if d.manifest else "",
+            "state": "error" if d.error else "discovered", "loaded_at": None,
+            "enabled": None, "inflight": 0, "routes": [],
+            "error": str(d.error) if d.error else st.hub.last_error(d.name),
+            "warnings": list(d.warnings)}
+        if info is not None:
+            _fill_loaded(st, row, info, root)
+            listed.add(d.name)
+        rows.append(row)
+    for name, info in infos.items():  # registered by other means (not from this directory)
+        if name not in listed:
+            row = {"name": name, "type": info.kind, "path": info.path, "version": "",
+                   "description": "", "error": st.hub.last_error(name), "warnings": []}
+            _fill_loaded(st, row, info, root)
+            rows.append(row)
+    rows.sort(key=lambda r: (r["name"], r["state"] == "error"))
+    return rows
+
+
+def _fill_loaded(st: ServerState, row: dict[str, Any], info: PluginInfo, root: str) -> None:
+    name = row["name"]
+    plugin = st.manager.get(name)
+    if plugin is None:  # unloaded a moment ago
+        row.update(state="discovered", loaded_at=None, enabled=None, inflight=0, routes=[])
+        return
+    reg = plugin.registration
+    row.update(state=info.state, version=info.version, loaded_at=info.loaded_at,
+               enabled=info.enabled, inflight=info.inflight,
+               description=reg.description or row["description"],
+               routes=[{"method": r.method.upper(), "path": r.path, "handler": r.handler,
+                        "url": f"{root}/plugins/{name}/{r.path.lstrip('/')}"}
+                       for r in reg.routes])
+
+
+def _root(request: Request) -> str:
+    return str(request.scope.get("root_path", "")).rstrip("/")
+
+
+def _row(request: Request, name: str) -> dict[str, Any] | None:
+    rows = plugin_rows(state_of(request), _root(request))
+    return next((r for r in rows if r["name"] == name), None)
+
+
+async def list_plugins(request: Request) -> Response:
+    return JSONResponse(plugin_rows(state_of(request), _root(request)))
+
+
+async def get_plugin(request: Request) -> Response:
+    name = request.path_params["name"]
+    row = _row(request, name)
+    if row is None:
+        return error_response(PluginNotFound("no such plugin is loaded or discovered",
+                                             plugin=name))
+    return JSONResponse(row)
+
+
+async def logs(request: Request) -> Response:
+    """`?last=N` (the newest N), `?since=T` (records after unix time T)."""
+    st = state_of(request)
+    name = request.path_params["name"]
+    if not (st.loader.knows(name) or name in st.manager or st.hub.has_seen(name)):
+        return error_response(PluginNotFound("no such plugin is loaded or discovered",
+                                             plugin=name))
+    try:
+        last = _number(request, "last", int)
+        since = _number(request, "since", float)
+    except ValueError as exc:
+        return bad_request(str(exc))
+    records = st.manager.log_for(name).records()
+    if since is not None:
+        records = [r for r in records if r.time > since]
+    if last is not None:
+        records = records[len(records) - last:] if last else []
+    return JSONResponse([r.as_dict() for r in records])
+
+
+def _number(request: Request, key: str, kind: type[int] | type[float]) -> Any:
+    raw = request.query_params.get(key)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ValueError(f"?{key} must be a non-negative number, got {raw!r}") from None
+    if value < 0 or not math.isfinite(value):
+        raise ValueError(f"?{key} must be a non-negative number, got {raw!r}")
+    return value
+
+
+async def events(request: Request) -> Response:
+    return EventStream(state_of(request).hub)
+
+
+# -- acting ------------------------------------------------------------------------------
+
+def _failed(st: ServerState, name: str, exc: PlughostError, default: int) -> Response:
+    if isinstance(exc, LOAD_ERRORS):
+        st.hub.record_error(exc.plugin or name, str(exc))
+    return error_response(exc, default)
+
+
+async def call(request: Request) -> Response:
+    """POST a JSON body (the args; empty = {}); `?timeout=S` may shorten the deadline."""
+    st = state_of(request)
+    name, function = request.path_params["name"], request.path_params["function"]
+    try:
+        raw = await read_body(request, st.max_body)
+        timeout = _number(request, "timeout", float)
+    except OverflowError as exc:
+        return error_json(str(exc), "PayloadTooLarge", 413)
+    except ValueError as exc:
+        return bad_request(str(exc))
+    args: Any = {}
+    if raw.strip():
+        try:
+            args = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return bad_request(f"request body is not valid JSON: {exc}")
+    try:
+        result = await st.manager.acall(name, function, args, timeout=timeout or None)
+    except PlughostError as exc:
+        return _failed(st, name, exc, 502)
+    return JSONResponse(result)
+
+
+async def action(request: Request) -> Response:
+    """load | unload | reload | enable | disable one plugin."""
+    st = state_of(request)
+    name, act = request.path_params["name"], request.path_params["action"]
+    if act not in ACTIONS:
+        return error_json(f"unknown action {act!r}; one of {', '.join(ACTIONS)}",
+                          "NotFound", 404)
+    loader, manager = st.loader, st.manager
+    try:
+        if act == "load":
+            if loader.knows(name):
+                await loader.aensure_loaded(name)
+            else:  # added since the last scan: rescan, then load
+                await loader.aload_or_reload(name)
+        elif act == "reload":
+            if loader.knows(name):
+                await loader.areload(name)
+            else:
+                await loader.aload_or_reload(name)
+        elif act == "unload":
+            await loader.aunload(name)
+        else:
+            await manager.run_blocking(manager.enable if act == "enable" else manager.disable,
+                                       name)
+    except PlughostError as exc:
+        return _failed(st, name, exc, 500)
+    return JSONResponse({"ok": True, "action": act, "name": name, "plugin": _row(request, name)})
+
+
+async def plugin_route(request: Request) -> Response:
+    """`/plugins/<name>/<path>`: the plugin's registered route for this method and path."""
+    st = state_of(request)
+    name = request.path_params["name"]
+    path = "/" + request.path_params.get("path", "")
+    plugin = st.manager.get(name)
+    if plugin is None and st.loader.lazy and st.loader.knows(name):
+        try:
+            await st.loader.aensure_loaded(name)
+        except PlughostError as exc:
+            return _failed(st, name, exc, 500)
+        plugin = st.manager.get(name)
+    if plugin is None:
+        return error_response(PluginNotFound("not loaded", plugin=name))
+    route, params, allowed = match_route(plugin.registration.routes, request.method, path)
+    if route is None:
+        if allowed:
+            return error_json(f"plugin {name!r}: {request.method} is not allowed on {path}",
+                              "MethodNotAllowed", 405, headers={"allow": ", ".join(allowed)})
+        return error_json(f"plugin {name!r}: no route for {request.method} {path}",
+                          "NotFound", 404)
+    try:
+        args = request_args(request, path, route, params,
+                            await read_body(request, st.max_body))
+    except OverflowError as exc:
+        return error_json(str(exc), "PayloadTooLarge", 413)
+    except ValueError as exc:
+        return bad_request(str(exc))
+    try:
+        result = await st.manager.acall(name, route.handler, args)
+    except PlughostError as exc:
+        return _failed(st, name, exc, 502)
+    return to_response(name, result)

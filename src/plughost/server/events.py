@@ -1,0 +1,195 @@
+"""Manager events for HTTP clients: server-sent events, and each plugin's last error.
+
+The manager calls listeners from whatever thread changed something (a loader thread, the
+watcher, a grpc supervisor). Each SSE client owns a listener that only hands the event to
+the client's event loop with `call_soon_threadsafe`; the loop puts it on the client's bounded
+queue, dropping the oldest event when a slow client lets the queue fill up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import threading
+from typing import Any
+
+import anyio
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from ..manager import Event, Manager
+
+#: Event kinds whose detail is remembered as the plugin's last error.
+ERROR_KINDS = frozenset({"error", "crash", "failed"})
+#: Event kinds after which the plugin's last error is forgotten (a new version serves).
+RECOVERY_KINDS = frozenset({"load", "reload"})
+
+
+def event_json(event: Event) -> dict[str, Any]:
+    return dataclasses.asdict(event)
+
+
+class _Client:
+    """One SSE connection: a bounded queue fed from any thread."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, size: int) -> None:
+        self.loop = loop
+        self.queue: asyncio.Queue[Event | None] = asyncio.Queue(size)
+        self.dropped = 0  # events lost since the last report; touched on the loop only
+
+    def listener(self, event: Event) -> None:
+        """Called by the manager, from any thread."""
+        self._threadsafe(event)
+
+    def close(self) -> None:
+        self._threadsafe(None)
+
+    def _threadsafe(self, item: Event | None) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is already closed: nobody listens
+            self.loop.call_soon_threadsafe(self._push, item)
+
+    def _push(self, item: Event | None) -> None:
+        if self.queue.full():
+            self.queue.get_nowait()
+            self.dropped += 1
+        self.queue.put_nowait(item)
+
+
+class EventHub:
+    """The SSE clients of one app, and the last error seen for each plugin."""
+
+    def __init__(self, manager: Manager, *, queue_size: int = 256,
+                 keepalive: float = 15.0) -> None:
+        self.manager = manager
+        self.queue_size = queue_size
+        self.keepalive = keepalive
+        self._lock = threading.Lock()
+        self._clients: set[_Client] = set()
+        self._errors: dict[str, str] = {}
+        self._seen: set[str] = set()
+        self._closed = False
+
+    # -- last errors ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.manager.add_listener(self._track)
+
+    def stop(self) -> None:
+        self.manager.remove_listener(self._track)
+        self.close()
+
+    def _track(self, event: Event) -> None:
+        with self._lock:
+            self._seen.add(event.plugin)
+            if event.kind in ERROR_KINDS:
+                self._errors[event.plugin] = (event.detail if event.kind == "error"
+                                              else f"{event.kind}: {event.detail}")
+            elif event.kind in RECOVERY_KINDS:
+                self._errors.pop(event.plugin, None)
+
+    def record_error(self, plugin: str, message: str) -> None:
+        """Remember a load error the server caught itself (a failed first load emits no
+        event; only failed reloads do)."""
+        with self._lock:
+            self._seen.add(plugin)
+            self._errors[plugin] = message
+
+    def last_error(self, plugin: str) -> str | None:
+        with self._lock:
+            return self._errors.get(plugin)
+
+    def has_seen(self, plugin: str) -> bool:
+        with self._lock:
+            return plugin in self._seen
+
+    # -- SSE clients ---------------------------------------------------------------------
+
+    def connect(self) -> _Client | None:
+        """A new client on the running loop, or None once the hub is closed."""
+        client = _Client(asyncio.get_running_loop(), self.queue_size)
+        with self._lock:
+            if self._closed:
+                return None
+            self._clients.add(client)
+        self.manager.add_listener(client.listener)
+        return client
+
+    def disconnect(self, client: _Client) -> None:
+        self.manager.remove_listener(client.listener)
+        with self._lock:
+            self._clients.discard(client)
+
+    @property
+    def clients(self) -> int:
+        with self._lock:
+            return len(self._clients)
+
+    def close(self) -> None:
+        """End every stream (server shutdown); new streams end at once."""
+        with self._lock:
+            self._closed = True
+            clients = list(self._clients)
+        for c in clients:
+            c.close()
+
+
+class EventStream(Response):
+    """`text/event-stream` of manager events until the client leaves or the hub closes.
+
+    Each event is one `data: {"kind", "plugin", "time", "detail"}` message; a comment line
+    every `keepalive` seconds keeps proxies from closing an idle stream; `event: dropped`
+    tells a slow client how many events it lost (it should re-read /api/plugins).
+    """
+
+    media_type = "text/event-stream"
+
+    def __init__(self, hub: EventHub) -> None:  # no body: no content-length
+        self.hub = hub
+        self.status_code = 200
+        self.background = None
+        self.init_headers({"cache-control": "no-cache", "x-accel-buffering": "no"})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client = self.hub.connect()
+        try:
+            async with anyio.create_task_group() as tg:
+
+                async def pump() -> None:
+                    await self._pump(client, send)
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(pump)
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                tg.cancel_scope.cancel()
+        finally:
+            if client is not None:
+                self.hub.disconnect(client)
+
+    async def _pump(self, client: _Client | None, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code,
+                    "headers": self.raw_headers})
+
+        async def chunk(text: str) -> None:
+            await send({"type": "http.response.body", "body": text.encode(),
+                        "more_body": True})
+
+        try:
+            await chunk("retry: 2000\n: connected\n\n")
+            while client is not None:
+                try:
+                    event = await asyncio.wait_for(client.queue.get(), self.hub.keepalive)
+                except TimeoutError:
+                    await chunk(": keep-alive\n\n")
+                    continue
+                if client.dropped:
+                    await chunk(f"event: dropped\ndata: {{\"dropped\": {client.dropped}}}\n\n")
+                    client.dropped = 0
+                if event is None:
+                    break
+                await chunk(f"data: {json.dumps(event_json(event))}\n\n")
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:  # the client went away mid-write
+            return

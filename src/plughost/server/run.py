@@ -1,0 +1,129 @@
+"""Running the app: a uvicorn Server that shuts down gracefully, and `plughost serve`."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+from ..loader import Loader
+from ..manager import Manager
+from .app import create_app
+from .state import ServerState
+
+
+class ServeError(Exception):
+    """`plughost serve` cannot start: the message is the one line the user sees."""
+
+
+class PlughostServer(uvicorn.Server):
+    """uvicorn's Server, plus what a plughost app needs to stop cleanly.
+
+    - At shutdown the app's event streams end first; uvicorn would otherwise wait for the
+      never-ending `/api/events` responses before it runs the app's shutdown.
+    - SIGINT/SIGTERM only ask for a graceful shutdown (a second SIGINT forces it), and are
+      not re-raised afterwards, so a service stopped with SIGTERM exits 0.
+    - `on_ready(server)` runs once the socket is listening (plugins already loaded).
+    """
+
+    def __init__(self, config: uvicorn.Config,
+                 on_ready: Callable[[PlughostServer], None] | None = None) -> None:
+        super().__init__(config)
+        self.on_ready = on_ready
+
+    @property
+    def port(self) -> int:
+        """The port actually listened on (useful with port 0)."""
+        return int(self.servers[0].sockets[0].getsockname()[1])
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self.on_ready is not None:
+            self.on_ready(self)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        state = getattr(getattr(self.config.app, "state", None), "plughost", None)
+        if isinstance(state, ServerState):
+            state.hub.close()
+        await super().shutdown(sockets)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handle(sig: int, frame: FrameType | None) -> None:
+            if self.should_exit and sig == signal.SIGINT:
+                self.force_exit = True
+            self.should_exit = True
+
+        originals = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, original in originals.items():
+                signal.signal(sig, original)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """Bind the listening socket up front, so "port in use" is a clear error, not a log."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                          flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(False)
+    return sock
+
+
+def serve(directory: Path, *, host: str = "127.0.0.1", port: int = 8080, watch: bool = True,
+          debounce_ms: int = 500, lazy: bool = False,
+          echo: Callable[[str], Any] = print) -> None:
+    """Serve `directory` until SIGINT/SIGTERM; every plugin is unloaded before returning.
+
+    Raises ServeError (one line for the user) when it cannot start.
+    """
+    if not directory.is_dir():
+        raise ServeError(f"plugin directory {directory} does not exist")
+    if debounce_ms < 0:
+        raise ServeError("--debounce-ms must not be negative")
+    sock = _listen(host, port)
+    manager = Manager()
+    loader = Loader(directory, manager, lazy=lazy)
+    app = create_app(manager, loader, watch=watch, debounce_ms=debounce_ms)
+    config = uvicorn.Config(app, lifespan="on", log_config=None, timeout_graceful_shutdown=10)
+
+    def ready(server: PlughostServer) -> None:
+        shown = f"[{host}]" if ":" in host else host
+        rows = [r for r in loader.discovered_plugins()]
+        loaded = sum(1 for r in rows if r.loaded)
+        echo(f"plughost: {loaded} of {len(rows)} plugin(s) loaded from {directory}"
+             f"{' (lazy)' if lazy else ''}{', watching for changes' if watch else ''}")
+        echo(f"admin page: http://{shown}:{server.port}/  (Ctrl-C to stop)")
+
+    server = PlughostServer(config, on_ready=ready)
+    try:
+        server.run(sockets=[sock])
+    except SystemExit:  # uvicorn's exit when the app failed to start (already logged)
+        raise ServeError("the server failed to start (see the log above)") from None
+    finally:
+        sock.close()
+        manager.close()  # unloads anything still registered after a forced exit
+        loader.engine.close()
+    echo("plughost: stopped, all plugins unloaded")
