@@ -1,13 +1,16 @@
 """The grpc runtime end to end: real child processes, real sockets, real signals (SPEC 4).
 
 Fixture plugins live in tests/fixtures/grpc; each test copies what it needs into a plugin
-directory of its own. `raw_plugin.py` is written only from docs/protocol.md (raw grpcio), the
-others use the SDK or raw grpcio as their docstrings say.
+directory of its own. `raw_plugin.py` is written only from docs/protocol.md (raw grpcio and
+the generated stubs); `handshake_plugin.py` imports nothing of plughost (hand-encoded
+protobuf, as a plugin in another language); `sdk_plugin.py` and `noise_plugin.py` use the SDK;
+`wrapper.sh` is a non-.py executable. Processes are checked in /proc, never by sleeping.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -36,7 +39,7 @@ from plughost import (
 from plughost.runtimes.grpc import GrpcPlugin, RestartPolicy
 from plughost.runtimes.wasm import WasmEngine
 
-from .conftest import wait_until
+from .conftest import wait_until, write_wasm
 
 GRPC = Path(__file__).parent / "fixtures" / "grpc"
 FAST = RestartPolicy(initial_backoff=0.05, max_crashes=3, window=30)
@@ -469,7 +472,8 @@ def test_environment_is_minimal(plugins: Path, manager: Manager, monkeypatch: py
 
 def test_kill9_under_load_fails_fast_then_serves_again(
         plugins: Path, manager: Manager, new_loader: Callable[..., Loader]) -> None:
-    sdk_plugin(plugins, "k9", manifest={"resources": {"call_timeout_ms": 10_000}})
+    sdk_plugin(plugins, "k9", manifest={"resources": {"call_timeout_ms": 10_000},
+                                        "permissions": ["config"], "config": {"k": 1}})
     events = Events(manager)
     new_loader().load_all()
     pid = manager.call("k9", "pid")
@@ -516,6 +520,66 @@ def test_kill9_under_load_fails_fast_then_serves_again(
     assert log_has(manager, "k9", "exited unexpectedly", source="host")
     info = manager.info("k9")
     assert info is not None and info.state == "running"
+    # the restarted process has the same grant
+    assert manager.call("k9", "host", {"function": "config_get", "args": {"key": "k"}}) == 1
+
+
+def test_call_racing_a_crash_is_unavailable(plugins: Path, manager: Manager,
+                                            new_loader: Callable[..., Loader]) -> None:
+    """Deterministic version of the race: hold one call right after it picked its
+    connection (as a preempted thread would be held), crash the plugin, let it go on."""
+    sdk_plugin(plugins, "race")
+    events = Events(manager)
+    new_loader().load_all()
+    plugin = grpc_plugin(manager, "race")
+    conn = plugin._conn
+    assert conn is not None
+    real = conn.stub
+    entered, go = threading.Event(), threading.Event()
+
+    class Held:
+        @property
+        def Call(self) -> Any:
+            entered.set()
+            go.wait(10)
+            return real.Call
+
+    conn.stub = Held()  # type: ignore[assignment]
+    outcome: list[BaseException | None] = []
+
+    def call() -> None:
+        try:
+            manager.call("race", "echo", {})
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    t = threading.Thread(target=call, daemon=True)
+    t.start()
+    assert entered.wait(10)
+    os.kill(pid_of(manager, "race"), signal.SIGKILL)
+    events.wait("crash")
+    go.set()
+    t.join(10)
+    assert isinstance(outcome[0], PluginUnavailable), repr(outcome[0])
+
+
+def test_crash_noticed_while_a_child_holds_the_pipes(
+        plugins: Path, manager: Manager, new_loader: Callable[..., Loader]) -> None:
+    sdk_plugin(plugins, "holder", manifest={"resources": {"shutdown_timeout_ms": 300}})
+    events = Events(manager)
+    new_loader().load_all()
+    child = manager.call("holder", "child", {"inherit": True})
+    try:
+        with pytest.raises(PluginUnavailable):
+            manager.call("holder", "crash")
+        # "noticed at once"; 5 s is past the 2 s + 2 s the waiter gives the pipe readers
+        events.wait("crash", timeout=5)
+        events.wait("restart")
+        wait_until(lambda: dead(child))  # a crash kills the plugin's process group
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
 
 
 def test_crash_loop_opens_the_circuit_until_reload(
@@ -571,6 +635,71 @@ def test_crash_on_restart_ends_failed(plugins: Path, manager: Manager,
     (pdir / "crash_on_start").unlink()
     loader.reload("frail")
     assert manager.call("frail", "echo", [1]) == [1]
+
+
+def test_unload_during_restart_leaves_no_process(
+        plugins: Path, manager: Manager, new_loader: Callable[..., Loader]) -> None:
+    pdir = sdk_plugin(plugins, "ur")
+    events = Events(manager)
+    loader = new_loader()
+    loader.load_all()
+    sock_dir = manager.call("ur", "env")["PLUGIN_UNIX_SOCKET_DIR"]
+    os.kill(manager.call("ur", "pid"), signal.SIGKILL)
+    events.wait("crash")
+    loader.unload("ur")  # while the restart is backing off or starting
+    wait_until(lambda: not any(t.name in ("ur-wait", "ur-restart")
+                               for t in threading.enumerate()))
+    pids = [int(f.name.split("-")[1]) for f in pdir.glob("started-*")]
+    assert pids and all(reaped(p) for p in pids), {p: proc_state(p) for p in pids}
+    assert not os.path.exists(sock_dir)
+    assert manager.names() == []
+
+
+def test_registration_name_must_match(plugins: Path, manager: Manager,
+                                      new_loader: Callable[..., Loader]) -> None:
+    pdir = plugins / "mis"
+    pdir.mkdir()
+    (pdir / "plugin.py").write_text(sdk_source("impostor"))
+    write_manifest(pdir, "mis", "plugin.py", None)
+    _, errors = new_loader().load_all()
+    assert len(errors) == 1 and isinstance(errors[0], ManifestError)
+    assert errors[0].field == "name" and "impostor" in str(errors[0])
+    [started] = pdir.glob("started-*")
+    assert reaped(int(started.name.split("-")[1]))
+    assert manager.names() == []
+
+
+def test_init_that_never_returns_fails_the_load(plugins: Path, manager: Manager,
+                                                new_loader: Callable[..., Loader]) -> None:
+    pdir = sdk_plugin(plugins, "slowinit", manifest={"resources": {"start_timeout_ms": 2500}})
+    (pdir / "slow_init").write_text("")
+    _, errors = new_loader().load_all()
+    assert len(errors) == 1 and isinstance(errors[0], PluginLoadError)
+    assert "DEADLINE_EXCEEDED" in str(errors[0])
+    [started] = pdir.glob("started-*")
+    assert reaped(int(started.name.split("-")[1]))
+
+
+def test_stuck_shutdown_is_bounded_and_blocks_nothing(
+        plugins: Path, manager: Manager, new_loader: Callable[..., Loader]) -> None:
+    pdir = sdk_plugin(plugins, "stuck", manifest={"resources": {"shutdown_timeout_ms": 300}})
+    write_wasm(plugins, "w")
+    loader = new_loader()
+    assert loader.load_all() == (2, [])
+    pid = manager.call("stuck", "pid")
+    (pdir / "slow_shutdown").write_text("")  # its on_shutdown hook will never return
+    done = threading.Event()
+
+    def unload() -> None:
+        loader.unload("stuck")
+        done.set()
+
+    threading.Thread(target=unload, daemon=True).start()
+    wait_until(lambda: (pdir / f"shutdown-{pid}").exists())  # stuck in the hook now
+    assert manager.call("w", "count") == 1  # the registry serves while it is stuck
+    assert done.wait(20)
+    assert reaped(pid)  # SIGTERM ignored (the hook keeps sleeping), so SIGKILL
+    assert manager.names() == ["w"]
 
 
 # -- no process, socket or fd left behind ------------------------------------------------
@@ -641,10 +770,12 @@ def test_fds_do_not_leak(plugins: Path, manager: Manager,
     loader.discover_all()
     cycle()  # grpc sets up its process-wide machinery on first use
     start = len(os.listdir("/proc/self/fd"))
+    threads = threading.active_count()
     for _ in range(5):
         cycle()
     end = len(os.listdir("/proc/self/fd"))
     assert end - start < 5, f"fds: {start} -> {end}"
+    wait_until(lambda: threading.active_count() < threads + 5)
 
 
 HOST_SCRIPT = """
@@ -713,6 +844,7 @@ def test_reload_under_load_has_zero_failed_calls(
                 with lock:
                     seen.add(v)
                     calls[0] += 1
+                stop.wait(0.005)  # steady load, without starving the new version's start
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(6)]
     for t in threads:

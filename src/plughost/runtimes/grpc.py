@@ -68,6 +68,34 @@ def _socket_root() -> str:
     return tmp if len(tmp) <= 40 else "/tmp"
 
 
+_swept = False
+
+
+def _sweep_stale_dirs(root: str) -> None:
+    """Remove socket dirs left by hosts of ours that died without cleaning up (SIGKILL)."""
+    global _swept
+    if _swept:
+        return
+    _swept = True
+    try:
+        entries = os.scandir(root)
+    except OSError:
+        return
+    with entries:
+        for e in entries:
+            parts = e.name.split("-")
+            if len(parts) < 3 or parts[0] != "ph" or not parts[1].isdigit():
+                continue
+            try:
+                if e.stat(follow_symlinks=False).st_uid != os.getuid():
+                    continue
+                os.kill(int(parts[1]), 0)  # that host still runs: leave it alone
+            except ProcessLookupError:
+                shutil.rmtree(e.path, ignore_errors=True)
+            except OSError:
+                continue
+
+
 class GrpcPlugin:
     """A loaded out-of-process plugin. Thread-safe; calls run concurrently."""
 
@@ -89,7 +117,9 @@ class GrpcPlugin:
         self._crashes: deque[float] = deque()
         self._conn: _Connection | None = None
         self._registration: Registration | None = None
-        self._dir = tempfile.mkdtemp(prefix="ph-", dir=_socket_root())
+        root = _socket_root()
+        _sweep_stale_dirs(root)
+        self._dir = tempfile.mkdtemp(prefix=f"ph-{os.getpid()}-", dir=root)
         os.chmod(self._dir, 0o700)
         # Until Register answers, host calls get no permissions.
         self.host_context = HostContext(plugin=source.name, permissions=frozenset(), log=log)
@@ -148,6 +178,9 @@ class GrpcPlugin:
                                       metadata=((chain.CALL_ID_METADATA, call_id),))
         except grpc.RpcError as exc:
             raise self._rpc_error(exc, function, limit) from None
+        except ValueError:  # the channel was closed under us: the process just crashed
+            raise PluginUnavailable(f"{function}: the plugin process went away during the "
+                                    "call", plugin=self.name) from None
         if resp.error:
             raise PluginCallError(resp.error, plugin=self.name, function=function)
         return bytes(resp.result)
@@ -196,8 +229,12 @@ class GrpcPlugin:
         proc = ChildProcess(self._command(), str(self._source.plugin_dir), self._environment(),
                             self._log, self.name, on_exit=lambda code: self._exited(gen, code))
         channel: grpc.Channel | None = None
+        stage = "start"
         try:
-            hs = proc.wait_handshake(max(0.0, deadline - time.monotonic()))
+            stage = "handshake"
+            hs = proc.wait_handshake(max(0.0, deadline - time.monotonic()),
+                                     res.start_timeout_ms)
+            stage = "connect"
             channel = grpc.insecure_channel(hs.target)
             try:
                 grpc.channel_ready_future(channel).result(
@@ -206,12 +243,14 @@ class GrpcPlugin:
                 raise PluginLoadError(f"could not connect to {hs.target}{proc.stderr_tail()}",
                                       plugin=self.name) from None
             remaining = max(0.05, deadline - time.monotonic())
+            stage = "Health.Check"
             health = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service="plugin"), timeout=remaining)
             if health.status != health_pb2.HealthCheckResponse.SERVING:
                 raise PluginLoadError("health check: service 'plugin' is not SERVING",
                                       plugin=self.name)
             stub = pb_grpc.PluginStub(channel)
+            stage = "Register"
             reg = parse_registration(
                 stub.Register(pb.Empty(), timeout=max(0.05, deadline - time.monotonic()))
                 .registration, expected_name=self.name, path=str(self._source.path))
@@ -220,6 +259,7 @@ class GrpcPlugin:
             self._registration = reg
             self.host_context = context_for(self._source, self._log, reg)
             config = self._source.manifest.config
+            stage = "Init"
             stub.Init(pb.InitRequest(
                 config_json=json.dumps(config).encode(),
                 config={k: v if isinstance(v, str) else json.dumps(v)
@@ -232,7 +272,7 @@ class GrpcPlugin:
             proc.kill()
             if isinstance(exc, grpc.RpcError):
                 raise PluginLoadError(
-                    f"start-up RPC failed: {exc.code().name}: {exc.details()}"
+                    f"start-up {stage} RPC failed: {exc.code().name}: {exc.details()}"
                     f"{proc.stderr_tail()}", plugin=self.name) from None
             if isinstance(exc, PlughostError):
                 if exc.plugin is None:

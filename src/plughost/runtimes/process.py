@@ -164,6 +164,12 @@ class ChildProcess:
     def _read_stdout(self) -> None:
         out = LineWriter(self._log, "stdout")
         assert self.proc.stdout is not None
+        with self.proc.stdout:  # each reader closes its own pipe at EOF
+            self._stdout_lines(out)
+        out.flush()
+
+    def _stdout_lines(self, out: LineWriter) -> None:
+        assert self.proc.stdout is not None
         for raw in _lines(self.proc.stdout):
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
             if not self._handshake.done():
@@ -176,23 +182,22 @@ class ChildProcess:
                     self._handshake.set_result(hs)
                     continue
             out.write(raw if raw.endswith(b"\n") else raw + b"\n")
-        out.flush()
 
     def _read_stderr(self) -> None:
         err = LineWriter(self._log, "stderr", logging.WARNING)
         assert self.proc.stderr is not None
-        for raw in _lines(self.proc.stderr):
-            self._stderr_tail.append(raw.decode("utf-8", "replace").rstrip("\r\n"))
-            err.write(raw if raw.endswith(b"\n") else raw + b"\n")
+        with self.proc.stderr:
+            for raw in _lines(self.proc.stderr):
+                self._stderr_tail.append(raw.decode("utf-8", "replace").rstrip("\r\n"))
+                err.write(raw if raw.endswith(b"\n") else raw + b"\n")
         err.flush()
 
     def _wait(self) -> None:
         code = self.proc.wait()  # the only reaper of this child
+        # Let the readers drain what it wrote before it died, briefly: a grandchild that
+        # inherited the pipes can keep them open forever (it dies with the group below).
         for t in self._threads[:2]:
-            t.join(2.0)  # let the readers drain what it wrote before it died
-        for pipe in (self.proc.stdout, self.proc.stderr):
-            if pipe is not None:
-                pipe.close()
+            t.join(0.5)
         self.exited.set()
         if not self._handshake.done():
             self._handshake.set_exception(PluginLoadError(
@@ -208,12 +213,13 @@ class ChildProcess:
         tail = list(self._stderr_tail)[-10:]
         return ("; stderr: " + " | ".join(tail)) if tail else "; stderr was empty"
 
-    def wait_handshake(self, timeout: float) -> Handshake:
+    def wait_handshake(self, timeout: float, limit_ms: int | None = None) -> Handshake:
         try:
             return self._handshake.result(timeout)
         except TimeoutError:
+            shown = limit_ms if limit_ms is not None else round(timeout * 1000)
             raise PluginLoadError(
-                f"no handshake line within {timeout * 1000:.0f} ms (expected "
+                f"no handshake line within {shown} ms (expected "
                 f"'1|1|unix|/path/to.sock|grpc' on stdout){self.stderr_tail()}",
                 plugin=self.plugin) from None
 
