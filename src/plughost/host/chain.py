@@ -15,7 +15,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-CALL_ID_METADATA = "plughost-call-id"
+from ..proto import CALL_ID_METADATA
+
+__all__ = ["CALL_ID_METADATA", "current", "entered", "lookup", "remote_call", "using"]
 
 _chain: ContextVar[tuple[str, ...]] = ContextVar("plughost_call_chain", default=())
 _calls: dict[str, tuple[str, ...]] = {}

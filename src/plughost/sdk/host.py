@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from ..host.chain import CALL_ID_METADATA
+from ..proto import CALL_ID_METADATA
 from ..proto.plughost.v1 import plugin_pb2 as pb
 from ..proto.plughost.v1 import plugin_pb2_grpc as pb_grpc
 

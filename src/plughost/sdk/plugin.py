@@ -16,7 +16,7 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from ..host.chain import CALL_ID_METADATA
+from ..proto import CALL_ID_METADATA
 from ..proto.plughost.v1 import plugin_pb2 as pb
 from ..proto.plughost.v1 import plugin_pb2_grpc as pb_grpc
 from .host import _current_call
