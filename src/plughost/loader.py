@@ -69,6 +69,7 @@ class Loader:
         self.plugin_dir = Path(plugin_dir)
         self.manager = manager
         self.lazy = lazy
+        self._own_engine = engine is None
         self.engine = engine or WasmEngine(cache_dir)
         self.restart_policy = restart_policy or RestartPolicy()
         # Verification is on with trusted keys (argument or PLUGHOST_TRUSTED_KEYS) or with
@@ -218,12 +219,11 @@ class Loader:
             found = self._lookup(name)
             try:
                 plugin = self._build(found)
-            except PlughostError as exc:
+            except PlughostError as exc:  # _build already logged it and emitted "error"
                 if self.manager.get(name) is not None:
                     self.manager.log_for(name).error(
                         f"reload failed, the running version keeps serving: {exc}",
                         source="host")
-                self.manager.emit("error", name, str(exc))
                 raise
             self.manager.replace(plugin)
 
@@ -273,6 +273,8 @@ class Loader:
                 with suppress(PlughostError):
                     self.unload(name)
         self.stager.close()
+        if self._own_engine:
+            self.engine.close()
 
     # -- asyncio twins -------------------------------------------------------------------
 
@@ -343,6 +345,7 @@ class Loader:
                 raise
         except PlughostError as exc:
             log.error(f"load failed: {exc}", source="host")
+            self.manager.emit("error", found.name, str(exc))
             raise
         log.info(f"loaded version {plugin.registration.version} from {found.path}",
                  source="host")

@@ -25,7 +25,9 @@ def hello(args: dict[str, Any]) -> dict[str, Any]:
     calls += 1
     greeting = sdk.host.config_get("greeting") or "Hello"
     sdk.host.call("log", {"level": "info", "message": f"greeting #{calls}"})
-    return {"message": f"{greeting}, {args.get('name', 'world')}!", "calls": calls}
+    # Called directly ({"name": ...}) or through its route GET /plugins/greeter/hello?name=...
+    name = args.get("name") or args.get("query", {}).get("name") or "world"
+    return {"message": f"{greeting}, {name}!", "calls": calls}
 
 
 @plugin.function
