@@ -62,6 +62,16 @@ class Stats:
         return self.pct(99)
 
 
+def shuffled(items: Sequence[Any], round_no: int) -> list[Any]:
+    """The items in a per-round random (but reproducible) order, so no variant always runs
+    first or right after the same other variant."""
+    import random
+
+    out = list(items)
+    random.Random(round_no).shuffle(out)
+    return out
+
+
 def paired_ratio(xs: Sequence[float], ys: Sequence[float]) -> float:
     """Median of x[i]/y[i], where x[i] and y[i] were measured in the same round: robust to
     load from other work that comes and goes between rounds."""
@@ -102,7 +112,8 @@ def profile(run: Callable[[], object], n: int,
             points: Sequence[tuple[str, Any, str]], top: int = 10
             ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Run `run` n times under cProfile. Returns (inclusive time per run of each function in
-    `points` = (label, owner, "Class.method"), looked up defensively since src/ changes;
+    `points` = (label, owner, "Class.method|alternative_name"), looked up defensively since
+    src/ changes;
     the `top` functions by own time). Times are profiler-inflated: read the shares."""
     import cProfile
     import pstats
@@ -116,10 +127,15 @@ def profile(run: Callable[[], object], n: int,
     total_own = sum(v[2] for v in raw.values())
     inclusive = []
     for label, owner, dotted in points:
-        obj: Any = owner
-        for part in dotted.split("."):
-            obj = getattr(obj, part, None)
-        code = getattr(obj, "__code__", None)
+        code = None
+        for alternative in dotted.split("|"):  # names change as src/ evolves
+            obj: Any = owner
+            for part in alternative.split("."):
+                obj = getattr(obj, part, None)
+            obj = getattr(obj, "__wrapped__", obj)  # e.g. @contextmanager
+            code = getattr(obj, "__code__", None)
+            if code is not None:
+                break
         v = None if code is None else raw.get(
             (code.co_filename, code.co_firstlineno, code.co_name))
         if v is None:

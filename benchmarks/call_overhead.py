@@ -45,6 +45,7 @@ from _common import (
     parser,
     profile,
     profile_tables,
+    shuffled,
     table,
     time_batch,
     time_each,
@@ -204,7 +205,8 @@ class UncheckedCalls:
 
 
 def measure(layers: list[Layer], raw: RawModule, n: int, reps: int, warmup: int) -> None:
-    """Interleave the layers over `reps` rounds so drift hits them all alike."""
+    """Interleave the layers over `reps` rounds, in a shuffled order each round, so drift
+    and position effects hit them all alike."""
     loop = asyncio.new_event_loop()
 
     async def each_async(afn: Callable[[], Any], count: int) -> list[int]:
@@ -229,8 +231,8 @@ def measure(layers: list[Layer], raw: RawModule, n: int, reps: int, warmup: int)
             elif layer.afn is not None:
                 loop.run_until_complete(each_async(layer.afn, warmup))
             raw.reset_arena()
-        for _ in range(reps):
-            for layer in layers:
+        for round_no in range(reps):
+            for layer in shuffled(layers, round_no):
                 assert layer.samples is not None and layer.batch is not None
                 assert layer.rounds is not None
                 gc.collect()
@@ -260,6 +262,7 @@ def profile_points() -> list[tuple[str, Any, str]]:
         ("  Manager.call_raw", mgr, "Manager.call_raw"),
         ("    Manager._acquire", mgr, "Manager._acquire"),
         ("    _Entry.done", mgr, "_Entry.done"),
+        ("    chain.entered (call-chain context)", mgr, "chain.entered"),
         ("    WasmPlugin.call", rt, "WasmPlugin.call"),
         ("      WasmPlugin._acquire", rt, "WasmPlugin._acquire"),
         ("      WasmPlugin._release", rt, "WasmPlugin._release"),

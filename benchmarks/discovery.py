@@ -34,6 +34,7 @@ from _common import (
     parser,
     profile,
     profile_tables,
+    shuffled,
     table,
     time_once,
     write_json,
@@ -131,8 +132,8 @@ def run(variants: dict[str, Callable[[], int]], expect: int, reps: int
         if got != expect:
             raise SystemExit(f"{label}: found {got}, expected {expect}")
     samples: dict[str, list[int]] = {k: [] for k in variants}
-    for _ in range(reps):
-        for label, fn in variants.items():
+    for round_no in range(reps):
+        for label, fn in shuffled(list(variants.items()), round_no):
             gc.collect()
             samples[label].append(time_once(fn))
     return samples
@@ -193,7 +194,7 @@ def main() -> int:
             ("  discovery.scan", discovery, "scan"),
             ("    discovery._walk", discovery, "_walk"),
             ("      discovery.is_ignored", discovery, "is_ignored"),
-            ("      discovery._single", discovery, "_single"),
+            ("      discovery.single_file", discovery, "single_file|_single"),
             ("        is_valid_name", discovery, "is_valid_name"),
             ("    discovery._mark_duplicates", discovery, "_mark_duplicates"),
         ], top=8)

@@ -41,6 +41,7 @@ from _common import (
     parser,
     profile,
     profile_tables,
+    shuffled,
     table,
     time_once,
     write_json,
@@ -265,15 +266,22 @@ def main() -> int:
         del module
 
         samples: dict[str, list[int]] = {k: [] for k in ("a", "b", "c", "d", "d2")}
-        for _ in range(compile_reps):
-            samples["a"].append(time_once(b.raw_compile))
-            samples["b"].append(b.first_load())
-        for _ in range(cached_reps):
-            samples["c"].append(b.cached_load())
-            samples["d"].append(time_once(
-                lambda: wasmtime.Module.deserialize(b.engine, serialized)))
-            samples["d2"].append(time_once(
-                lambda: wasmtime.Module.deserialize_file(b.engine, str(serial_file))))
+        slow: dict[str, Callable[[], int]] = {
+            "a": lambda: time_once(b.raw_compile),
+            "b": b.first_load,
+        }
+        fast: dict[str, Callable[[], int]] = {
+            "c": b.cached_load,
+            "d": lambda: time_once(lambda: wasmtime.Module.deserialize(b.engine, serialized)),
+            "d2": lambda: time_once(
+                lambda: wasmtime.Module.deserialize_file(b.engine, str(serial_file))),
+        }
+        for round_no in range(compile_reps):
+            for key, run in shuffled(list(slow.items()), round_no):
+                samples[key].append(run())
+        for round_no in range(cached_reps):
+            for key, run in shuffled(list(fast.items()), round_no):
+                samples[key].append(run())
         stats = {k: Stats.of(k, v) for k, v in samples.items()}
         parts = components(b, serialized, cached_reps)
         inclusive, own = profile_cached(b, cached_reps)

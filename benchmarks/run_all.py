@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import fmt_ns, fmt_ratio, machine, parser, table, write_json
+from _common import fmt_ns, fmt_ratio, loadavg, machine, parser, table, write_json
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = ("call_overhead", "load_time", "discovery")
@@ -73,6 +73,7 @@ def main() -> int:
             print(f"\n$ {' '.join(Path(c).name if c == sys.executable else c for c in cmd)}",
                   flush=True)
             rc = subprocess.call(cmd)
+            print(f"   load average at end: {loadavg()}", flush=True)
             if rc != 0 or not out.exists():
                 failed.append(name)
                 continue

@@ -132,8 +132,8 @@ def keygen(out: Annotated[Path, typer.Argument(help="Private key file to write."
     """Write a new ed25519 private key to OUT (mode 0600) and its public key to OUT.pub."""
     try:
         priv, pub = generate_keypair(out)
-    except FileExistsError:
-        raise _fail(f"{out} exists; refusing to overwrite a key") from None
+    except FileExistsError as exc:
+        raise _fail(f"{exc}; refusing to overwrite a key") from None
     except OSError as exc:
         raise _fail(f"cannot write {out}: {exc}") from None
     out_console = Console()

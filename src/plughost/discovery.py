@@ -101,7 +101,8 @@ def _package(path: Path, name: str) -> Found:
         runtime = data.get("runtime") if isinstance(data, dict) else None
         if runtime is None and isinstance(data, dict) and "binary" in data:
             runtime = "grpc"
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile, yaml.YAMLError) as exc:
+    except (OSError, KeyError, ValueError, RuntimeError, NotImplementedError,
+            zipfile.BadZipFile, yaml.YAMLError) as exc:  # corrupt, encrypted, exotic
         return replace(found, error=PluginLoadError(
             f"package has no readable plugin.yaml ({exc})", plugin=name, path=path))
     return replace(found, kind="grpc" if runtime == "grpc" else "wasm")

@@ -161,6 +161,10 @@ class Loader:
                 count += 1
             except PlughostError as exc:
                 errors.append(exc)
+            except Exception as exc:  # a bug of ours must not stop the other plugins
+                logger.exception("unexpected error loading %s", f.name)
+                errors.append(PluginLoadError(f"unexpected error: {exc!r}", plugin=f.name,
+                                              path=f.path))
         return count, errors
 
     def ensure_loaded(self, name: str) -> None:

@@ -109,12 +109,20 @@ def extract(data: bytes, dest: Path, *, plugin: str, source: Path,
             if not target.resolve().is_relative_to(dest.resolve()):
                 raise refuse(f"entry {info.filename!r} would land outside the package dir")
             if info.is_dir():
-                target.mkdir(mode=0o700, parents=True, exist_ok=True)
+                try:
+                    target.mkdir(mode=0o700, parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise refuse(f"entry {info.filename!r} cannot be created "
+                                 f"({exc.strerror})") from None
                 continue
-            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             exec_bit = (info.external_attr >> 16) & 0o111
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
-                         0o700 if exec_bit else 0o600)
+            try:
+                target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                             0o700 if exec_bit else 0o600)
+            except OSError as exc:  # e.g. entries "a" and "a/b": a file and a dir at once
+                raise refuse(f"entry {info.filename!r} cannot be created ({exc.strerror})"
+                             ) from None
             written = 0
             try:
                 with os.fdopen(fd, "wb") as out, zf.open(info) as src:
@@ -129,8 +137,9 @@ def extract(data: bytes, dest: Path, *, plugin: str, source: Path,
                             raise refuse(f"entry {info.filename!r} expands more than "
                                          f"{limits.max_ratio:.0f}x (zip bomb?)")
                         out.write(chunk)
-            except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as exc:
-                raise refuse(f"entry {info.filename!r} is corrupt ({exc})") from None
+            except (zipfile.BadZipFile, OSError, EOFError, RuntimeError,
+                    NotImplementedError) as exc:  # corrupt, encrypted, unknown compression
+                raise refuse(f"entry {info.filename!r} is corrupt or unreadable ({exc})") from None
         if total > 1024 * 1024 and total > limits.max_ratio * compressed:
             raise refuse(f"expands more than {limits.max_ratio:.0f}x overall (zip bomb?)")
         return dest

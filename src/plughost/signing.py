@@ -93,13 +93,18 @@ def generate_keypair(out: Path) -> tuple[Path, Path]:
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
     pub = out.with_name(out.name + ".pub")
     raw = key.public_key().public_bytes(serialization.Encoding.Raw,
                                         serialization.PublicFormat.Raw)
-    pub.write_text(f"# plughost ed25519 public key\n{raw.hex()}\n")
+    for path in (out, pub):  # never overwrite a key, private or public
+        if path.exists() or path.is_symlink():
+            raise FileExistsError(f"{path} exists")
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    fd = os.open(pub, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"# plughost ed25519 public key\n{raw.hex()}\n")
     return out, pub
 
 
@@ -108,7 +113,11 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
     64-byte seed+public form Go's ed25519 uses)."""
     data = path.read_bytes()
     if b"-----BEGIN" in data:
-        key = serialization.load_pem_private_key(data, password=None)
+        try:
+            key = serialization.load_pem_private_key(data, password=None)
+        except (TypeError, ValueError) as exc:
+            raise SignatureError(f"cannot use this private key: {exc} (passphrase-protected "
+                                 "keys are not supported)", path=path) from None
         if not isinstance(key, Ed25519PrivateKey):
             raise SignatureError("not an ed25519 private key", path=path)
         return key

@@ -104,8 +104,13 @@ class Stager:
         if self.require:
             private = self._private(found.name, "dir")
             try:
-                # symlinks are copied as links, so the check below refuses them
-                shutil.copytree(found.path, private, symlinks=True, dirs_exist_ok=True)
+                try:
+                    # symlinks are copied as links, so the check below refuses them
+                    shutil.copytree(found.path, private, symlinks=True, dirs_exist_ok=True)
+                except (shutil.Error, OSError) as exc:  # FIFOs, devices, unreadable files
+                    raise SignatureError(f"cannot make a private copy to verify: {exc}",
+                                         plugin=found.name, path=found.path) from None
+                private.chmod(0o700)
                 self._check_directory(found.name, private, found.path)
             except BaseException:
                 shutil.rmtree(private, ignore_errors=True)
@@ -127,7 +132,7 @@ class Stager:
             self._check_sidecar(found, data, log)
             verified = True
         private = self._private(found.name, hashlib.sha256(data).hexdigest())
-        dest = private / "plugin"
+        dest = private / found.name  # a manifest without `name:` defaults to its dir name
         try:
             extract(data, dest, plugin=found.name, source=found.path, limits=self.limits)
             if self.require and not verified:
@@ -143,8 +148,8 @@ class Stager:
     def _from_directory(self, found: Found, run_dir: Path, private: Path | None) -> Staged:
         try:
             lm: LoadedManifest = load_manifest(run_dir)
-        except ManifestError as exc:
-            exc.path = str(found.path / "plugin.yaml") if found.path.is_dir() else exc.path
+        except ManifestError as exc:  # name what the user has, not our private copy
+            exc.path = str(found.path / "plugin.yaml" if found.path.is_dir() else found.path)
             raise
         if lm.name != found.name:
             raise ManifestError(f"names the plugin {lm.name!r}, but it was discovered as "

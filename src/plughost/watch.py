@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,8 +30,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def _relevant(change: watchfiles.Change, path: str) -> bool:
-    return not any(is_ignored(part) for part in Path(path).parts[-3:])
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def _fingerprint(paths: Iterable[Path]) -> tuple[tuple[str, int, int], ...]:
@@ -55,14 +59,28 @@ class Watcher:
         self.settle_timeout = settle_timeout
         self._stop = threading.Event()
         self._ready = threading.Event()
+        self._probe = f".plughost-watch-probe-{os.getpid()}-{id(self)}"
         self._thread = threading.Thread(target=self._run, name="plughost-watch", daemon=True)
         #: batches applied so far (tests and the admin view read it)
         self.batches = 0
         self._applied = threading.Condition()
 
     def start(self) -> None:
+        """Start watching; returns once the watch is live (changes from now on are seen)."""
         self._thread.start()
-        self._ready.wait(5.0)
+        # watchfiles has no "ready" signal: touch a probe file until the watcher sees it.
+        probe = self.loader.plugin_dir / self._probe
+        end = time.monotonic() + 10.0
+        try:
+            while not self._ready.is_set() and time.monotonic() < end:
+                try:
+                    probe.write_bytes(b"")
+                except OSError:  # a read-only plugin dir: nothing to probe with
+                    self._ready.wait(0.5)
+                    return
+                self._ready.wait(0.05)
+        finally:
+            probe.unlink(missing_ok=True)
 
     def stop(self) -> None:
         self._stop.set()
@@ -78,22 +96,51 @@ class Watcher:
             return self._applied.wait_for(lambda: self.batches > after, timeout)
 
     def _run(self) -> None:
-        root = str(self.loader.plugin_dir)
-        try:
+        root = self.loader.plugin_dir.absolute()
+        while not self._stop.is_set():
+            identity = _identity(root)
+            if identity is None:  # the whole plugin dir is gone: so are its plugins
+                self._batch(set(), gone=True)
+                self._stop.wait(0.5)
+                continue
+            try:
+                for changes in watchfiles.watch(
+                        root, watch_filter=self._relevant, stop_event=self._stop,
+                        step=self.debounce_ms, debounce=max(self.debounce_ms * 4, 2000),
+                        raise_interrupt=False, rust_timeout=1000, yield_on_timeout=True):
+                    if changes:
+                        self._batch({Path(p) for _, p in changes})
+                    if _identity(root) != identity:
+                        # replaced or removed: inotify watches the old inode; start over
+                        self._batch({root})
+                        break
+            except Exception:
+                logger.exception("watching %s failed; retrying", root)
+                self._stop.wait(1.0)
+
+    def _relevant(self, change: watchfiles.Change, path: str) -> bool:
+        parts = Path(path).parts
+        if parts and parts[-1] == self._probe:
             self._ready.set()
-            for changes in watchfiles.watch(
-                    root, watch_filter=_relevant, stop_event=self._stop,
-                    step=self.debounce_ms, debounce=max(self.debounce_ms * 4, 2000),
-                    raise_interrupt=False, rust_timeout=1000, yield_on_timeout=False):
-                try:
-                    self.apply({Path(p) for _, p in changes})
-                except Exception:  # a watcher that dies silently is worse than a log line
-                    logger.exception("applying changes under %s failed", root)
-                with self._applied:
-                    self.batches += 1
-                    self._applied.notify_all()
-        except Exception:
-            logger.exception("watching %s stopped", root)
+            return False
+        return not any(is_ignored(part) for part in parts[-3:])
+
+    def _batch(self, changed: set[Path], gone: bool = False) -> None:
+        try:
+            if gone:
+                self._unload_all()
+            else:
+                self.apply(changed)
+        except Exception:  # a watcher that dies silently is worse than a log line
+            logger.exception("applying changes under %s failed", self.loader.plugin_dir)
+        with self._applied:
+            self.batches += 1
+            self._applied.notify_all()
+
+    def _unload_all(self) -> None:
+        for found in self.loader.found():
+            if found.path.absolute().is_relative_to(self.loader.plugin_dir.absolute()):
+                self._act(found.name, "remove", self.loader.forget)
 
     # -- applying a batch ----------------------------------------------------------------
 
@@ -116,6 +163,9 @@ class Watcher:
         loader = self.loader
         self._settle(changed)
         before = {f.name: f for f in loader.found()}
+        if not loader.plugin_dir.is_dir():
+            self._unload_all()
+            return
         try:
             loader.discover_all()
         except PlughostError as exc:
@@ -143,30 +193,31 @@ class Watcher:
             elif not loader.lazy:
                 self._act(name, "load", loader.ensure_loaded)
 
-    def _act(self, name: str, what: str, fn: object) -> None:
+    def _act(self, name: str, what: str, fn: Callable[[str], object]) -> None:
         try:
-            fn(name)  # type: ignore[operator]
+            fn(name)
             logger.info("watch: %s %s", what, name)
-        except PlughostError as exc:
-            self._report(name, exc)
+        except PlughostError as exc:  # the loader already published the error event
+            self._report(name, exc, emit=False)
 
-    def _report(self, name: str, exc: PlughostError) -> None:
+    def _report(self, name: str, exc: PlughostError, *, emit: bool = True) -> None:
         logger.warning("watch: %s: %s", name, exc)
         self.loader.manager.log_for(name).error(f"change not applied: {exc}", source="host")
-        self.loader.manager.emit("error", name, str(exc))
+        if emit:
+            self.loader.manager.emit("error", name, str(exc))
 
 
 def _touches(changed: set[Path], found: Found) -> bool:
-    """Did any changed path belong to this plugin (its file, its sidecar, its tree)?"""
-    root = found.path
-    if root.suffix in (".wasm", ".zip"):
+    """Did a file that defines this plugin change: its module/package file and sidecar, or
+    in a plugin dir the manifest, the module/executable and the signature? Other files in
+    a plugin dir (data a plugin writes, say) do not restart it."""
+    root = found.path.absolute()
+    if root.suffix in (".wasm", ".zip") and not root.is_dir():
         owned = {root, root.with_name(root.name + ".sig")}
-        return any(p in owned for p in changed)
-    return any(_is_within(p, root) for p in changed)
+    else:
+        owned = {root, root / "plugin.yaml", root / "plugin.sig"}
+        if found.manifest is not None:
+            owned.add(found.manifest.entry.absolute())
+    return any(p.absolute() in owned for p in changed)
 
 
-def _is_within(p: Path, root: Path) -> bool:
-    try:
-        return os.path.commonpath([p, root]) == str(root)
-    except ValueError:
-        return False

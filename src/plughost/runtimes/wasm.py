@@ -12,7 +12,6 @@ import importlib.metadata
 import logging
 import math
 import platform
-import queue
 import re
 import threading
 import time
@@ -36,6 +35,7 @@ from ..host import HostContext, HostFunctions, context_for
 from ..logs import GK_LEVELS, LineWriter, PluginLog
 from ..plugin import Kind, PluginSource
 from ..registration import Registration, parse_registration
+from .pool import Pool, PoolClosed
 from .wasm_abi import MASK64, check_module, pack, unpack
 from .wasm_cache import ModuleCache, default_cache_dir
 
@@ -313,16 +313,13 @@ class WasmPlugin:
         res = source.manifest.resources
         self.call_timeout = res.call_timeout_ms / 1000
         self._max = res.max_instances
-        self._idle: queue.LifoQueue[_Instance] = queue.LifoQueue()
-        self._created = 0
-        self._pool_lock = threading.Lock()
+        self._pool: Pool[_Instance] = Pool(res.max_instances, self._new_instance)
         self._closed = False
         self._busy = threading.local()
         # The first instance proves the module works and tells us who it says it is. Until
         # the registration is known, host calls (from _initialize) get no permissions.
         self.host_context = HostContext(plugin=source.name, permissions=frozenset(), log=log)
         first = self._new_instance(loading=True)
-        self._created = 1
         try:
             raw = first.register()
         except Exception as exc:
@@ -330,7 +327,7 @@ class WasmPlugin:
         self._registration = parse_registration(raw, expected_name=source.name,
                                                 path=str(source.path))
         self.host_context = context_for(source, log, self._registration)
-        self._idle.put(first)
+        self._pool.add(first)
 
     # -- Plugin protocol ---------------------------------------------------------------
 
@@ -381,13 +378,8 @@ class WasmPlugin:
             self._release(inst, healthy)
 
     def shutdown(self) -> None:
-        with self._pool_lock:
-            self._closed = True
-        while True:
-            try:
-                self._idle.get_nowait()
-            except queue.Empty:
-                break
+        self._closed = True
+        self._pool.close()  # idle instances (and their stores) are dropped with it
         self.stdout.flush()
         self.stderr.flush()
 
@@ -402,40 +394,16 @@ class WasmPlugin:
             raise self._call_error(exc, None, "(new instance)", self.call_timeout) from exc
 
     def _acquire(self, function: str, deadline: float) -> _Instance:
-        while True:
-            try:
-                return self._idle.get_nowait()
-            except queue.Empty:
-                pass
-            with self._pool_lock:
-                if self._closed:
-                    raise PluginUnavailable("plugin has been shut down", plugin=self.name)
-                grow = self._created < self._max
-                if grow:
-                    self._created += 1
-            if grow:
-                try:
-                    return self._new_instance()
-                except BaseException:
-                    with self._pool_lock:
-                        self._created -= 1
-                    raise
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise PluginTimeout("no instance became free before the deadline",
-                                    plugin=self.name, function=function)
-            try:
-                return self._idle.get(timeout=min(remaining, 0.25))
-            except queue.Empty:
-                continue
+        try:
+            return self._pool.acquire(deadline)
+        except PoolClosed:
+            raise PluginUnavailable("plugin has been shut down", plugin=self.name) from None
+        except TimeoutError:
+            raise PluginTimeout("no instance became free before the deadline",
+                                plugin=self.name, function=function) from None
 
     def _release(self, inst: _Instance, healthy: bool) -> None:
-        with self._pool_lock:
-            if healthy and not self._closed:
-                self._idle.put(inst)
-                return
-            if not healthy:
-                self._created -= 1  # discarded: the next call builds a fresh one
+        self._pool.release(inst, healthy=healthy)
         if not healthy:
             self._log.warning("instance discarded after a failed call; the next call gets a "
                               "fresh one", source="host")
