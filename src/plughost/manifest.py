@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import ManifestError
 
 MANIFEST_FILE = "plugin.yaml"
+
+# libyaml's parser when PyYAML has it: ~7x faster, which is most of discovery's cost.
+_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 NAME_PATTERN = r"[a-z0-9][a-z0-9._-]{0,63}"
 _NAME_RE = re.compile(NAME_PATTERN)
 
@@ -202,7 +205,7 @@ def _keep_version_text(text: str, data: Any) -> None:
     if not isinstance(data, dict) or not isinstance(data.get("version"), int | float) \
             or isinstance(data.get("version"), bool):
         return
-    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    node = yaml.compose(text, Loader=_Loader)
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
             if key.value == "version" and isinstance(value, yaml.ScalarNode):
@@ -220,7 +223,7 @@ def load_manifest(plugin_dir: Path) -> LoadedManifest:
     except (OSError, UnicodeDecodeError) as exc:
         raise ManifestError(f"cannot read: {exc}", plugin=plugin_dir.name, path=path) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_Loader)  # a safe loader (C or Python)
         _keep_version_text(text, data)
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
