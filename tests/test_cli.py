@@ -76,3 +76,34 @@ def test_wat_examples_are_built_from_their_source() -> None:
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_wat.py"), "--check"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout
+
+
+@pytest.mark.parametrize("runtime", ["wasm", "grpc"])
+def test_new_scaffold_builds_loads_and_answers_hello(tmp_path: Path, runtime: str) -> None:
+    dest = tmp_path / "plugins"
+    r = plughost("new", "fresh-one", "--runtime", runtime, "--dir", str(dest),
+                 cache=tmp_path / "c")
+    assert r.returncode == 0, r.stderr
+    pdir = dest / "fresh-one"
+    assert (pdir / "plugin.yaml").is_file() and (pdir / "README.md").is_file()
+    if runtime == "wasm":
+        shipped = (pdir / "fresh-one.wasm").read_bytes()
+        (pdir / "fresh-one.wasm").unlink()
+        build = subprocess.run([sys.executable, str(pdir / "build.py")], capture_output=True,
+                               text=True, timeout=60)
+        assert build.returncode == 0, build.stderr
+        assert (pdir / "fresh-one.wasm").read_bytes() == shipped  # the build reproduces it
+    r = plughost("call", "--dir", str(dest), "fresh-one", "hello", cache=tmp_path / "c")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"message": "Hello from fresh-one!"}
+
+
+def test_new_refuses_bad_names_and_existing_dirs(tmp_path: Path) -> None:
+    bad = plughost("new", "Bad Name", "--dir", str(tmp_path), cache=tmp_path / "c")
+    assert bad.returncode != 0 and "not a valid plugin name" in bad.stderr
+    assert plughost("new", "ok", "--dir", str(tmp_path), cache=tmp_path / "c").returncode == 0
+    again = plughost("new", "ok", "--dir", str(tmp_path), cache=tmp_path / "c")
+    assert again.returncode != 0 and "already exists" in again.stderr
+    odd = plughost("new", "x", "--runtime", "lua", "--dir", str(tmp_path), cache=tmp_path / "c")
+    assert odd.returncode != 0 and "unknown runtime" in odd.stderr
+    assert "Traceback" not in bad.stderr + again.stderr + odd.stderr
