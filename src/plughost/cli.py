@@ -56,6 +56,7 @@ def list_cmd(directory: DirArg = Path("plugins"),
              ) -> None:
     """List the plugins in DIRECTORY: name, type, version, state and any error."""
     manager = Manager()
+    loader: Loader | None = None
     try:
         loader = Loader(directory, manager, lazy=not load)
         with out.status("loading plugins...", spinner="dots") if load and not as_json \
@@ -72,6 +73,8 @@ def list_cmd(directory: DirArg = Path("plugins"),
     except PlughostError as exc:
         raise _fail(str(exc)) from None
     finally:
+        if loader is not None:
+            loader.close()
         manager.close()
     if as_json:
         print(json.dumps(rows, indent=2))
@@ -99,12 +102,16 @@ def call(name: Annotated[str, typer.Argument(help="Plugin name.")],
     except json.JSONDecodeError as exc:
         raise _fail(f"ARGS is not valid JSON: {exc}", 2) from None
     manager = Manager()
+    loader: Loader | None = None
     try:
-        Loader(directory, manager, lazy=True).discover_all()
+        loader = Loader(directory, manager, lazy=True)
+        loader.discover_all()
         result = manager.call(name, function, parsed, timeout=timeout)
     except PlughostError as exc:
         raise _fail(f"{type(exc).__name__}: {exc}") from None
     finally:
+        if loader is not None:
+            loader.close()
         manager.close()
     print(json.dumps(result))
 

@@ -179,7 +179,7 @@ class Loader:
             try:
                 self.manager.register(plugin)
             except PlughostError:
-                plugin.shutdown()
+                self._discard(plugin)
                 raise
 
     def load_wasm(self, name: str) -> None:
@@ -229,7 +229,11 @@ class Loader:
                         f"reload failed, the running version keeps serving: {exc}",
                         source="host")
                 raise
-            self.manager.replace(plugin)
+            try:
+                self.manager.replace(plugin)
+            except PlughostError:
+                self._discard(plugin)
+                raise
 
     def load_or_reload(self, name: str) -> None:
         """Rescan first (so a plugin added since start is found), then load or reload."""
@@ -317,6 +321,13 @@ class Loader:
             finally:
                 nl.owner = None
 
+    @staticmethod
+    def _discard(plugin: Plugin) -> None:
+        """Shut down a built plugin the registry refused, and remove its private copy."""
+        plugin.shutdown()
+        if plugin.source.private_dir is not None:
+            shutil.rmtree(plugin.source.private_dir, ignore_errors=True)
+
     def _lookup(self, name: str) -> Found:
         with self._lock:
             found = self._found.get(name)
@@ -353,6 +364,8 @@ class Loader:
             raise
         log.info(f"loaded version {plugin.registration.version} from {found.path}",
                  source="host")
+        if staged.note:
+            log.warning(staged.note, source="host")
         return plugin
 
 

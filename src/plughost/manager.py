@@ -29,6 +29,7 @@ from .errors import (
     PluginLoadError,
     PluginNotFound,
     PluginTimeout,
+    PluginUnavailable,
 )
 from .host import HostAPI, HostFunctions, HostSettings, chain, default_host_functions
 from .logs import PluginLog
@@ -88,13 +89,17 @@ class _Entry:
             return self.cond.wait_for(lambda: self.inflight == 0, timeout)
 
 
-def encode_args(args: Any) -> bytes:
+def encode_args(args: Any, name: str = "", function: str = "") -> bytes:
     """Arguments as JSON bytes; bytes/bytearray pass through untouched."""
     if args is None:
         return b"{}"
     if isinstance(args, bytes | bytearray | memoryview):
         return bytes(args)
-    return json.dumps(args, separators=(",", ":")).encode()
+    try:
+        return json.dumps(args, separators=(",", ":"), allow_nan=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise PluginCallError(f"arguments are not JSON: {exc}", plugin=name or None,
+                              function=function or None) from None
 
 
 def decode_result(name: str, function: str, raw: bytes) -> Any:
@@ -126,6 +131,7 @@ class Manager:
         self._listeners: list[Callable[[Event], None]] = []
         self._log_capacity = log_capacity
         self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="plughost")
+        self._closed = False
 
     # -- registry ------------------------------------------------------------------------
 
@@ -137,8 +143,14 @@ class Manager:
                 log = self._logs[name] = PluginLog(name, self._log_capacity)
             return log
 
+    def _refuse_if_closed(self, plugin: Plugin) -> None:
+        # lock held. The caller shuts the refused plugin down (a late load leaves nothing).
+        if self._closed:
+            raise PluginUnavailable("the manager is closed", plugin=plugin.name)
+
     def register(self, plugin: Plugin) -> None:
         with self._lock:
+            self._refuse_if_closed(plugin)
             if plugin.name in self._entries:
                 raise PluginLoadError("a plugin of this name is already registered",
                                       plugin=plugin.name)
@@ -175,6 +187,7 @@ class Manager:
         Returns the old plugin (already shut down), or None if there was none.
         """
         with self._lock:
+            self._refuse_if_closed(plugin)
             old = self._entries.get(plugin.name)
             new = _Entry(plugin)
             if old is not None:
@@ -249,6 +262,8 @@ class Manager:
     def _acquire(self, name: str) -> _Entry:
         for attempt in (0, 1):
             with self._lock:
+                if self._closed:
+                    raise PluginUnavailable("the manager is closed", plugin=name)
                 entry = self._entries.get(name)
                 if entry is not None:
                     if not entry.enabled:
@@ -286,7 +301,7 @@ class Manager:
         Loads a discovered-but-unloaded plugin first (lazy loading). `timeout` (seconds) can
         shorten, never extend, the plugin's `resources.call_timeout_ms`.
         """
-        raw = self.call_raw(name, function, encode_args(args), timeout=timeout)
+        raw = self.call_raw(name, function, encode_args(args, name, function), timeout=timeout)
         return decode_result(name, function, raw)
 
     # -- asyncio twins: blocking work runs on the manager's pool, never on the loop ------
@@ -344,5 +359,8 @@ class Manager:
         self._emit(Event(kind, plugin, detail=detail))
 
     def close(self) -> None:
+        """Unload everything and refuse new plugins and calls from now on."""
+        with self._lock:
+            self._closed = True
         self.shutdown_all()
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -46,6 +46,7 @@ TrustedKey = str | os.PathLike[str] | bytes | Ed25519PublicKey
 class Staged:
     source: PluginSource
     module: bytes | None  # a wasm module's verified bytes (None for grpc)
+    note: str | None = None  # e.g. "unsigned", for the plugin's log once it has loaded
 
 
 class Stager:
@@ -83,10 +84,19 @@ class Stager:
 
     def stage(self, found: Found, log: PluginLog) -> Staged:
         if found.path.suffix == ".zip" and found.path.is_file():
-            return self._stage_package(found, log)
-        if found.path.is_dir():
-            return self._stage_directory(found, log)
-        return self._stage_file(found, log)
+            staged = self._stage_package(found, log)
+        elif found.path.is_dir():
+            staged = self._stage_directory(found, log)
+        else:
+            staged = self._stage_file(found, log)
+        if self.require:
+            return staged
+        signed = (found.path / DIR_SIGNATURE).exists() if found.path.is_dir() else (
+            found.path.with_name(found.path.name + SIG_SUFFIX).exists()
+            or (staged.source.plugin_dir / DIR_SIGNATURE).exists())
+        note = ("signature present but not verified: verification is off" if signed
+                else "unsigned plugin loaded: signature verification is off")
+        return replace(staged, note=note)
 
     def _stage_file(self, found: Found, log: PluginLog) -> Staged:
         try:
@@ -103,21 +113,20 @@ class Stager:
         run_dir, private = found.path, None
         if self.require:
             private = self._private(found.name, "dir")
+            # named like the original: a manifest without `name:` defaults to its dir name
+            run_dir = private / found.path.name
             try:
                 try:
                     # symlinks are copied as links, so the check below refuses them
-                    shutil.copytree(found.path, private, symlinks=True, dirs_exist_ok=True)
+                    shutil.copytree(found.path, run_dir, symlinks=True)
                 except (shutil.Error, OSError) as exc:  # FIFOs, devices, unreadable files
                     raise SignatureError(f"cannot make a private copy to verify: {exc}",
                                          plugin=found.name, path=found.path) from None
-                private.chmod(0o700)
-                self._check_directory(found.name, private, found.path)
+                run_dir.chmod(0o700)
+                self._check_directory(found.name, run_dir, found.path)
             except BaseException:
                 shutil.rmtree(private, ignore_errors=True)
                 raise
-            run_dir = private
-        else:
-            self._note_unverified(found.path / DIR_SIGNATURE, log)
         return self._from_directory(found, run_dir, private)
 
     def _stage_package(self, found: Found, log: PluginLog) -> Staged:
@@ -137,9 +146,6 @@ class Stager:
             extract(data, dest, plugin=found.name, source=found.path, limits=self.limits)
             if self.require and not verified:
                 self._check_directory(found.name, dest, found.path)
-            elif not self.require:
-                self._note_unverified(sidecar if sidecar.exists() else dest / DIR_SIGNATURE,
-                                      log)
             return self._from_directory(found, dest, private)
         except BaseException:
             shutil.rmtree(private, ignore_errors=True)
@@ -171,7 +177,6 @@ class Stager:
     def _check_sidecar(self, found: Found, data: bytes, log: PluginLog) -> None:
         sidecar = found.path.with_name(found.path.name + SIG_SUFFIX)
         if not self.require:
-            self._note_unverified(sidecar, log)
             return
         try:
             text = sidecar.read_bytes()
@@ -201,12 +206,3 @@ class Stager:
                                  path=path)
         sig = parse_signature(sig_text, path=sig_path, plugin=name)
         verify_digest(digest, sig, self.keys, plugin=name, path=path)
-
-    @staticmethod
-    def _note_unverified(sig_path: Path, log: PluginLog) -> None:
-        if sig_path.exists():
-            log.warning("signature present but not verified: verification is off",
-                        source="host")
-        else:
-            log.warning("unsigned plugin loaded: signature verification is off",
-                        source="host")

@@ -15,6 +15,7 @@ import grpc
 
 from ..errors import HostCallError
 from ..logs import GK_LEVELS
+from ..proto import CHANNEL_OPTIONS
 from ..proto.plughost.v1 import plugin_pb2 as pb
 from ..proto.plughost.v1 import plugin_pb2_grpc as pb_grpc
 from . import chain
@@ -56,7 +57,7 @@ class HostServer:
                  context: Callable[[], HostContext]) -> None:
         self.address = f"unix://{socket_path}"
         self._server = grpc.server(futures.ThreadPoolExecutor(
-            max_workers=4, thread_name_prefix="plughost-hostsvc"))
+            max_workers=4, thread_name_prefix="plughost-hostsvc"), options=CHANNEL_OPTIONS)
         pb_grpc.add_HostServicer_to_server(_HostServicer(host, context), self._server)
         self._server.add_insecure_port(f"unix:{socket_path}")
         self._server.start()

@@ -3,3 +3,10 @@
 #: gRPC metadata key carrying the host's id of a `Call`, forwarded by plugins on `HostCall`
 #: so the host can check plugin_call chains across processes (docs/protocol.md).
 CALL_ID_METADATA = "plughost-call-id"
+
+#: Largest message either side sends or accepts (gRPC's own default is 4 MiB).
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+CHANNEL_OPTIONS = (
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+)

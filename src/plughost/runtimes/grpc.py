@@ -29,6 +29,7 @@ from ..errors import (
     PlughostError,
     PluginCallError,
     PluginLoadError,
+    PluginResourceError,
     PluginTimeout,
     PluginUnavailable,
 )
@@ -36,6 +37,7 @@ from ..host import HostContext, HostFunctions, chain, context_for
 from ..host.service import HostServer
 from ..logs import PluginLog
 from ..plugin import Kind, PluginSource
+from ..proto import CHANNEL_OPTIONS
 from ..proto.plughost.v1 import plugin_pb2 as pb
 from ..proto.plughost.v1 import plugin_pb2_grpc as pb_grpc
 from ..registration import Registration, parse_registration
@@ -226,8 +228,13 @@ class GrpcPlugin:
         with self._lock:
             self._gen += 1
             gen = self._gen
-        proc = ChildProcess(self._command(), str(self._source.plugin_dir), self._environment(),
-                            self._log, self.name, on_exit=lambda code: self._exited(gen, code))
+        try:
+            proc = ChildProcess(self._command(), str(self._source.plugin_dir),
+                                self._environment(), self._log, self.name,
+                                on_exit=lambda code: self._exited(gen, code))
+        except OSError as exc:  # ENOEXEC (no shebang), EACCES, a vanished directory...
+            raise PluginLoadError(f"cannot start {self._source.entry}: {exc.strerror or exc}",
+                                  plugin=self.name, path=self._source.entry) from None
         channel: grpc.Channel | None = None
         stage = "start"
         try:
@@ -235,7 +242,7 @@ class GrpcPlugin:
             hs = proc.wait_handshake(max(0.0, deadline - time.monotonic()),
                                      res.start_timeout_ms)
             stage = "connect"
-            channel = grpc.insecure_channel(hs.target)
+            channel = grpc.insecure_channel(hs.target, options=CHANNEL_OPTIONS)
             try:
                 grpc.channel_ready_future(channel).result(
                     timeout=max(0.05, deadline - time.monotonic()))
@@ -281,18 +288,24 @@ class GrpcPlugin:
             raise
 
     def _stop_connection(self, conn: _Connection, *, polite: bool) -> None:
+        # One budget for the whole stop: asking, waiting, then SIGTERM; SIGKILL after it.
         grace = self._source.manifest.resources.shutdown_timeout_ms / 1000
+        deadline = time.monotonic() + grace
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
+
         if polite and not conn.proc.exited.is_set():
-            with contextlib.suppress(grpc.RpcError):
-                conn.stub.Shutdown(pb.Empty(), timeout=max(0.1, grace))
-            with contextlib.suppress(grpc.RpcError):  # go-plugin stops on its controller's
+            with contextlib.suppress(grpc.RpcError, ValueError):
+                conn.stub.Shutdown(pb.Empty(), timeout=max(0.05, left() / 2))
+            with contextlib.suppress(grpc.RpcError, ValueError):  # go-plugin's controller
                 conn.channel.unary_unary(
                     "/plugin.GRPCController/Shutdown",
                     request_serializer=lambda _: b"",
                     response_deserializer=lambda b: b,
-                )(None, timeout=0.5)
-            conn.proc.exited.wait(grace)
-        conn.proc.stop(grace=grace if polite else 0.0)
+                )(None, timeout=max(0.05, min(0.5, left() / 2)))
+            conn.proc.exited.wait(left() * 0.8)
+        conn.proc.stop(grace=left() if polite else 0.0)
         conn.channel.close()
 
     def _cleanup(self) -> None:
@@ -340,7 +353,7 @@ class GrpcPlugin:
             return
         try:
             conn = self._start()
-        except PlughostError as exc:
+        except Exception as exc:  # any failure counts as a crash; the supervisor lives on
             self._log.error(f"restart failed: {exc}", source="host")
             with self._lock:
                 if self._closing.is_set():
@@ -365,6 +378,9 @@ class GrpcPlugin:
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return PluginTimeout(f"call exceeded its deadline of {limit * 1000:.0f} ms",
                                  plugin=self.name, function=function)
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return PluginResourceError(f"message too large or plugin overloaded: "
+                                       f"{exc.details()}", plugin=self.name, function=function)
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
             return PluginUnavailable(f"{function}: the plugin process is not answering "
                                      f"({code.name}: {exc.details()})", plugin=self.name)

@@ -36,7 +36,7 @@ from ..logs import GK_LEVELS, LineWriter, PluginLog
 from ..plugin import Kind, PluginSource
 from ..registration import Registration, parse_registration
 from .pool import Pool, PoolClosed
-from .wasm_abi import MASK64, check_module, pack, unpack
+from .wasm_abi import MASK32, MASK64, check_module, pack, unpack
 from .wasm_cache import ModuleCache, default_cache_dir
 
 logger = logging.getLogger(__name__)
@@ -103,6 +103,7 @@ def _memory(caller: wasmtime.Caller | wasmtime.Instance, store: Any) -> wasmtime
 
 def _read(store: Any, mem: wasmtime.Memory, ptr: int, length: int, what: str) -> bytes:
     """Copy `length` bytes at `ptr` out of plugin memory, after checking the bounds."""
+    ptr, length = ptr & MASK32, length & MASK32  # i32s arrive signed; they are unsigned
     size = mem.data_len(store)
     if ptr < 0 or length < 0 or ptr + length > size:
         raise _ABIViolation(
@@ -200,7 +201,7 @@ class _Instance:
         try:
             malloc = caller.get("gk_malloc")
             assert isinstance(malloc, wasmtime.Func)
-            ptr = malloc(caller, len(result))
+            ptr = int(malloc(caller, len(result))) & MASK32
             if not ptr:
                 self.plugin.log.warning(f"gk_malloc({len(result)}) returned 0 for a "
                                         "host_call result", source="host")
@@ -237,19 +238,17 @@ class _Instance:
         if self.abi_error is not None:
             raise _ABIViolation(self.abi_error)
 
-    def _result(self, packed: int, what: str) -> bytes:
+    def _result(self, packed: int, what: str) -> tuple[bytes, int]:
+        """Copy a packed result out of plugin memory; returns (bytes, pointer)."""
         ptr, length = unpack(packed)
         if packed & MASK64 == 0:
-            return b""
-        data = _read(self.store, self.memory, ptr, length, what)  # copied out: safe to reuse
-        if self.gk_free is not None:
-            self.gk_free(self.store, ptr)
-        return data
+            return b"", 0
+        return _read(self.store, self.memory, ptr, length, what), ptr
 
     def _put(self, data: bytes, what: str, function: str) -> int:
         if not data:
             return 0
-        ptr = self.gk_malloc(self.store, len(data))
+        ptr = int(self.gk_malloc(self.store, len(data))) & MASK32  # i32 comes back signed
         if not ptr:
             raise PluginResourceError(
                 f"gk_malloc({len(data)}) returned 0 while passing {what}: out of memory",
@@ -259,7 +258,8 @@ class _Instance:
 
     def register(self) -> bytes:
         self.plugin.engine.arm(self.store, self.plugin.call_timeout)
-        raw = self._result(self.gk_register(self.store), "gk_register result")
+        # Not freed: registrations are often static data, which gk_free must never see.
+        raw, _ = self._result(self.gk_register(self.store), "gk_register result")
         self._check_abi()
         return raw
 
@@ -272,10 +272,10 @@ class _Instance:
         packed = self.gk_call(self.store, fp, len(fn), ap, len(args))
         self._check_abi()
         # Copy the result out before anything else runs in the instance (a result may
-        # alias the argument buffer, which gk_free below may reuse).
-        result = self._result(packed, "gk_call result")
+        # alias the argument buffer), then free each distinct buffer exactly once.
+        result, rp = self._result(packed, "gk_call result")
         if self.gk_free is not None:
-            for p in (fp, ap):
+            for p in dict.fromkeys((rp, fp, ap)):
                 if p:
                     self.gk_free(self.store, p)
         if self.error_message is not None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from ..proto import CALL_ID_METADATA
+from ..proto import CALL_ID_METADATA, CHANNEL_OPTIONS
 from ..proto.plughost.v1 import plugin_pb2 as pb
 from ..proto.plughost.v1 import plugin_pb2_grpc as pb_grpc
 
@@ -41,7 +41,8 @@ class HostClient:
                     if not addr:
                         raise HostError("PLUGHOST_HOST_ADDR is not set: not started by a host")
                     target = addr.replace("unix://", "unix:", 1)
-                    self._stub = pb_grpc.HostStub(grpc.insecure_channel(target))
+                    self._stub = pb_grpc.HostStub(grpc.insecure_channel(target,
+                                                                        options=CHANNEL_OPTIONS))
         return self._stub
 
     def call(self, function: str, args: Any = None) -> Any:

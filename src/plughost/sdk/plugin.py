@@ -16,7 +16,7 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from ..proto import CALL_ID_METADATA
+from ..proto import CALL_ID_METADATA, CHANNEL_OPTIONS
 from ..proto.plughost.v1 import plugin_pb2 as pb
 from ..proto.plughost.v1 import plugin_pb2_grpc as pb_grpc
 from .host import _current_call
@@ -83,7 +83,8 @@ class Plugin:
             os.unlink(path)
 
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=16,
-                                                        thread_name_prefix="plugin"))
+                                                        thread_name_prefix="plugin"),
+                             options=CHANNEL_OPTIONS)
         pb_grpc.add_PluginServicer_to_server(_Servicer(self), server)
         health_servicer = health.HealthServicer()
         health_servicer.set("plugin", health_pb2.HealthCheckResponse.SERVING)
