@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from plughost import Event, Loader, Manager, PlughostError
+from plughost import Event, Loader, Manager, ManifestError, PlughostError
 from plughost.runtimes.wasm import WasmEngine
 from plughost.watch import Watcher
 
@@ -676,3 +676,23 @@ def test_watcher_survives_the_plugin_dir_being_replaced(plugins: Path, start: St
     plugins.mkdir()
     replace_atomic(plugins / "b.wasm", wat_bytes(name="b"))
     s.rec.wait("load", "b", after=mark, timeout=5.0)  # normally well under 1 s
+
+
+def test_broken_manifest_in_a_dir_named_differently_keeps_serving(
+        plugins: Path, manager: Manager, engine: WasmEngine) -> None:
+    """A plugin dir `tk-plugin/` whose manifest says `name: tk`: breaking the manifest must
+    not make the watcher take `tk` for removed (the broken file cannot say its name)."""
+    pdir = write_plugin_dir(plugins, "tk-plugin", {"name": "tk", "wasm": "tk-plugin.wasm"})
+    (pdir / "tk-plugin.wasm").write_bytes(wat_bytes(name="tk"))
+    loader = Loader(plugins, manager, engine=engine)
+    assert loader.load_all() == (1, [])
+    watcher = loader.watch_dir(debounce_ms=50)
+    try:
+        before = watcher.batches
+        (pdir / "plugin.yaml").write_text("name: [broken\n")
+        assert watcher.wait_for_batch(before, 20.0)
+        assert manager.call("tk", "count") == 1  # still the serving version
+        [d] = loader.discovered_plugins()
+        assert d.name == "tk" and isinstance(d.error, ManifestError)
+    finally:
+        loader.stop_watch()

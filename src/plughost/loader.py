@@ -12,7 +12,7 @@ import shutil
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .discovery import Found, scan, single_file
@@ -92,6 +92,11 @@ class Loader:
             raise PluginNotFound("plugin directory does not exist", path=self.plugin_dir)
         results = scan(self.plugin_dir)
         with self._lock:
+            # A plugin whose manifest just broke keeps its name (the broken file cannot say
+            # it), so the version already serving is reported on, not taken for removed.
+            known = {f.path: f.name for f in self._all if f.error is None}
+            results = [_renamed(f, known[f.path]) if f.error is not None
+                       and known.get(f.path, f.name) != f.name else f for f in results]
             self._all = results
             found: dict[str, Found] = dict(self._extra)
             for f in results:
@@ -367,6 +372,12 @@ class Loader:
         if staged.note:
             log.warning(staged.note, source="host")
         return plugin
+
+
+def _renamed(found: Found, name: str) -> Found:
+    if found.error is not None:
+        found.error.plugin = name
+    return replace(found, name=name)
 
 
 def scan_single(path: Path, name: str) -> Found:
