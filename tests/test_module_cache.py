@@ -108,12 +108,12 @@ def test_second_engine_on_the_same_dir_hits(
     assert entries(cache)[0].read_bytes() == before  # a hit does not rewrite
 
 
-def test_same_engine_compiles_twice_from_cache(
+def test_same_engine_compiles_once(
         tmp_path: Path, make_engine: Callable[[Path | None], WasmEngine], wasm: bytes) -> None:
     eng = make_engine(tmp_path / "cache")
-    eng.cache.compile(wasm)
-    eng.cache.compile(wasm)
-    assert stats(eng) == (1, 1, 0, 0)
+    first = eng.cache.compile(wasm)
+    assert eng.cache.compile(wasm) is first  # same process: served from memory
+    assert stats(eng) == (0, 1, 0, 0) and eng.cache.stats.memory_hits == 1
 
 
 def test_different_modules_get_different_entries(
@@ -279,7 +279,9 @@ def test_unwritable_cache_still_compiles_and_counts_write_errors(
         assert eng.cache.stats.write_errors == 1
         assert eng.cache.stats.misses == 1
         assert eng.cache.stats.hits == 0
-        eng.cache.compile(wasm)  # tries again, fails again, still works
+        # other bytes (the same ones are now served from memory): tries the disk again,
+        # fails again, still works
+        eng.cache.compile(wat_bytes("testkit", "tk", version="2.0.0"))
         assert eng.cache.stats.write_errors == 2
         assert eng.cache.stats.misses == 2
     finally:
@@ -379,3 +381,33 @@ def test_cache_dir_and_entries_are_private(
     [entry] = entries(cache)
     assert entry.stat().st_mode & 0o077 == 0
     assert os.access(entry, os.R_OK)
+
+
+def test_verified_bytes_never_run_code_from_the_disk_cache(
+        tmp_path: Path, make_engine: Callable[[Path | None], WasmEngine]) -> None:
+    """A planted entry under the key of signed bytes must not run when signatures are on:
+    anyone who can write the cache dir could otherwise swap the code that runs."""
+    good = wat_bytes("testkit", "tk", version="1.0.0")
+    evil = wat_bytes("testkit", "tk", version="6.6.6")
+    cache = tmp_path / "cache"
+    planter = make_engine(cache)
+    planter.cache.compile(evil)  # writes evil's entry; move it under good's key
+    (cache / f"{planter.cache.key(evil)}.cwasm").rename(
+        cache / f"{planter.cache.key(good)}.cwasm")
+    unverified = make_engine(cache)
+    unverified.cache.compile(good)
+    assert unverified.cache.stats.hits == 1  # unverified loads trust the cache (documented)
+    verified = make_engine(cache)
+    verified.cache.compile(good, use_disk=False)
+    assert (verified.cache.stats.hits, verified.cache.stats.rejected) == (0, 0)
+    assert (cache / f"{planter.cache.key(good)}.cwasm").exists()  # never even read
+
+
+def test_cache_dir_writable_by_others_is_not_used(
+        tmp_path: Path, make_engine: Callable[[Path | None], WasmEngine], wasm: bytes) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o777)
+    cache.chmod(0o777)
+    eng = make_engine(cache)
+    eng.cache.compile(wasm)
+    assert list(cache.iterdir()) == []  # nothing written to (or read from) a shared dir

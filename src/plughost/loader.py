@@ -358,7 +358,8 @@ class Loader:
                 else:
                     assert staged.module is not None
                     plugin = load_wasm_plugin(source, staged.module, self.engine,
-                                              self.manager.host, log)
+                                              self.manager.host, log,
+                                              verified=self.stager.require)
             except BaseException:
                 if source.private_dir is not None:
                     shutil.rmtree(source.private_dir, ignore_errors=True)

@@ -454,14 +454,14 @@ def _describe(exc: BaseException) -> str:
     return first
 
 
-def compile_module(engine: WasmEngine, wasm: bytes, *, name: str, path: Path
-                   ) -> wasmtime.Module:
+def compile_module(engine: WasmEngine, wasm: bytes, *, name: str, path: Path,
+                   verified: bool = False) -> wasmtime.Module:
     """Compile (or fetch from the cache) and ABI-check a module; errors name the plugin."""
     if not wasm.startswith(b"\0asm"):
         raise PluginLoadError("not a WebAssembly module (bad magic bytes)", plugin=name,
                               path=path)
     try:
-        module = engine.cache.compile(wasm)
+        module = engine.cache.compile(wasm, use_disk=not verified)
     except wasmtime.WasmtimeError as exc:
         raise PluginLoadError(f"invalid module: {_describe(exc)}", plugin=name,
                               path=path) from None
@@ -472,7 +472,12 @@ def compile_module(engine: WasmEngine, wasm: bytes, *, name: str, path: Path
 
 
 def load_wasm_plugin(source: PluginSource, wasm: bytes, engine: WasmEngine,
-                     host: HostFunctions, log: PluginLog) -> WasmPlugin:
-    """Compile, instantiate, initialise and register one version of a wasm plugin."""
-    module = compile_module(engine, wasm, name=source.name, path=source.entry)
+                     host: HostFunctions, log: PluginLog, *, verified: bool = False
+                     ) -> WasmPlugin:
+    """Compile, instantiate, initialise and register one version of a wasm plugin.
+
+    `verified`: `wasm` passed a signature check; then no compiled code is taken from disk.
+    """
+    module = compile_module(engine, wasm, name=source.name, path=source.entry,
+                            verified=verified)
     return WasmPlugin(source, engine, module, host, log)

@@ -14,6 +14,7 @@ import logging
 import os
 import tempfile
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import wasmtime
 logger = logging.getLogger(__name__)
 
 _MAGIC = b"PLUGHOST-CWASM-1\n"
+_MEMORY_ENTRIES = 64
 _DIGEST = 32
 
 
@@ -35,8 +37,9 @@ def default_cache_dir() -> Path:
 
 @dataclass
 class CacheStats:
-    hits: int = 0
-    misses: int = 0
+    hits: int = 0  # served from disk
+    misses: int = 0  # not on disk: compiled (and written)
+    memory_hits: int = 0  # served from this process's memory (same bytes loaded again)
     rejected: int = 0  # entries found but refused (corrupt, foreign, unreadable)
     write_errors: int = 0
 
@@ -51,30 +54,66 @@ class ModuleCache:
         self.directory = directory
         self.stats = CacheStats()
         self._lock = threading.Lock()
+        self._memory: OrderedDict[str, wasmtime.Module] = OrderedDict()
+        self._checked: bool | None = None if directory is not None else False
 
     def key(self, wasm: bytes) -> str:
         h = hashlib.sha256(wasm)
         h.update(b"\0" + self._fingerprint.encode())
         return h.hexdigest()
 
-    def compile(self, wasm: bytes) -> wasmtime.Module:
+    def compile(self, wasm: bytes, *, use_disk: bool = True) -> wasmtime.Module:
         """Return the module for `wasm`, from the cache when a trustworthy entry exists.
 
+        `use_disk=False` (signature verification on) never deserializes from disk: a cache
+        entry is native code that anyone able to write the cache dir could have planted,
+        so verified bytes are compiled (or found compiled in this process's memory).
         Raises `wasmtime.WasmtimeError` when `wasm` itself does not compile.
         """
-        if self.directory is None:
-            return wasmtime.Module(self._engine, wasm)
-        path = self.directory / f"{self.key(wasm)}.cwasm"
-        module = self._read(path)
+        key = self.key(wasm)
+        with self._lock:
+            module = self._memory.get(key)
+            if module is not None:
+                self._memory.move_to_end(key)
+                self.stats.memory_hits += 1
+                return module
+        directory = self.directory if use_disk and self._usable() else None
+        path = directory / f"{key}.cwasm" if directory is not None else None
+        module = self._read(path) if path is not None else None
         if module is not None:
             with self._lock:
                 self.stats.hits += 1
-            return module
-        module = wasmtime.Module(self._engine, wasm)
+        else:
+            module = wasmtime.Module(self._engine, wasm)
+            if path is not None:
+                with self._lock:
+                    self.stats.misses += 1
+                self._write(path, bytes(module.serialize()))
         with self._lock:
-            self.stats.misses += 1
-        self._write(path, bytes(module.serialize()))
+            self._memory[key] = module
+            while len(self._memory) > _MEMORY_ENTRIES:
+                self._memory.popitem(last=False)
         return module
+
+    def _usable(self) -> bool:
+        """The disk cache is used only in a directory that is ours alone."""
+        if self._checked is not None:
+            return self._checked
+        assert self.directory is not None
+        try:
+            st = self.directory.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            self._checked = True  # created 0700 on first write (which may fail: counted)
+            return True
+        except OSError:
+            self._checked = False
+            return False
+        ok = st.st_uid == os.getuid() and not st.st_mode & 0o022
+        if not ok:
+            logger.warning("module cache %s is writable by others or not ours; not using it",
+                           self.directory)
+        self._checked = ok
+        return ok
 
     def _read(self, path: Path) -> wasmtime.Module | None:
         try:
