@@ -390,12 +390,15 @@ def test_plugin_routes(serve: Serve, plugin_dir: Path) -> None:
     assert r.json() == {"message": "Hello, X!", "calls": 1}  # the query reaches the handler
 
     r = httpx.get(f"{s.url}/plugins/web/echo/42", params={"q": "a b"},
-                  headers={"X-Trace": "t1"}, timeout=30)
+                  headers={"X-Trace": "t1", "Cookie": "session=s3cret",
+                           "Authorization": "Bearer t0ken"}, timeout=30)
     assert r.status_code == 200
     args = r.json()["got"]
     assert args["method"] == "GET" and args["path"] == "/echo/42"
     assert args["route"] == "/echo/{id}" and args["params"] == {"id": "42"}
     assert args["query"] == {"q": "a b"} and args["headers"]["x-trace"] == "t1"
+    # the user's credentials never reach a plugin
+    assert "cookie" not in args["headers"] and "authorization" not in args["headers"]
     assert args["body"] is None
     args = httpx.post(f"{s.url}/plugins/web/items", json={"n": [1, 2]}).json()["got"]
     assert args["body"] == {"n": [1, 2]} and args["params"] == {}
@@ -524,3 +527,42 @@ def test_mounted_under_a_prefix(plugin_dir: Path, engine: WasmEngine) -> None:
         assert manager.names() == []
     finally:
         manager.close()
+
+
+def test_cross_site_requests_cannot_drive_the_api(serve: Serve) -> None:
+    """A web page elsewhere must not call plugins or unload them through the browser
+    (CSRF: a text/plain POST needs no preflight); programs without Origin are unaffected."""
+    s = serve()
+    evil = {"origin": "https://evil.example", "content-type": "text/plain"}
+    for path in ("/api/plugins/counter/call/increment", "/api/plugins/counter/unload"):
+        r = httpx.post(f"{s.url}{path}", content=b"{}", headers=evil, timeout=30)
+        assert r.status_code == 403 and r.json()["type"] == "Forbidden"
+    r = httpx.post(f"{s.url}/api/plugins/counter/call/increment", content=b"{}",
+                   headers={"sec-fetch-site": "cross-site"}, timeout=30)
+    assert r.status_code == 403
+    assert s.state.manager.get("counter") is not None  # nothing was unloaded
+    same = {"origin": s.url}
+    r = httpx.post(f"{s.url}/api/plugins/counter/call/increment", json={}, headers=same,
+                   timeout=30)
+    assert r.status_code == 200 and r.json() == {"count": 1}  # the first call that ran
+    assert httpx.get(f"{s.url}/api/plugins", headers=evil, timeout=30).status_code == 200
+
+
+def test_allowed_hosts_refuse_dns_rebinding(serve: Serve) -> None:
+    s = serve(allowed_hosts=["127.0.0.1", "localhost"])
+    assert httpx.get(f"{s.url}/api/plugins", timeout=30).status_code == 200
+    r = httpx.get(f"{s.url}/api/plugins", headers={"host": "attacker.example"}, timeout=30)
+    assert r.status_code == 403 and "attacker.example" in r.json()["error"]
+
+
+def test_plugin_routes_are_sandboxed_and_get_no_credentials(serve: Serve) -> None:
+    s = serve()
+    r = httpx.get(f"{s.url}/plugins/greeter/hello", params={"name": "Z"},
+                  headers={"cookie": "session=secret", "authorization": "Bearer t"},
+                  timeout=30)
+    assert r.status_code == 200 and r.json()["message"] == "Hello, Z!"
+    assert r.headers["content-security-policy"].startswith("sandbox")
+    # a sandboxed page's requests carry Origin "null": refused by the guard
+    r = httpx.post(f"{s.url}/api/plugins/counter/unload", headers={"origin": "null"},
+                   timeout=30)
+    assert r.status_code == 403

@@ -14,6 +14,7 @@ from importlib import resources
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
@@ -23,6 +24,7 @@ from ..manager import Manager
 from . import api
 from .errors import error_json
 from .events import EventHub
+from .guard import Guard
 from .state import ServerState
 
 logger = logging.getLogger(__name__)
@@ -36,9 +38,13 @@ def admin_html() -> str:
 
 def create_app(manager: Manager, loader: Loader, *, watch: bool = True,
                debounce_ms: int = 500, keepalive: float = 15.0,
-               max_body: int = 16 * 1024 * 1024, sse_queue_size: int = 256) -> Starlette:
+               max_body: int = 16 * 1024 * 1024, sse_queue_size: int = 256,
+               allowed_hosts: list[str] | None = None) -> Starlette:
     """The server app. The caller keeps ownership of `manager` (close it after the app
-    stopped); the app loads `loader`'s directory on start and unloads it on shutdown."""
+    stopped); the app loads `loader`'s directory on start and unloads it on shutdown.
+
+    Cross-site state-changing requests are always refused; `allowed_hosts` (host names
+    without port) additionally refuses other `Host` headers (DNS rebinding)."""
     hub = EventHub(manager, queue_size=sse_queue_size, keepalive=keepalive)
     state = ServerState(manager, loader, hub, watch=watch, debounce_ms=debounce_ms,
                         max_body=max_body)
@@ -87,6 +93,7 @@ def create_app(manager: Manager, loader: Loader, *, watch: bool = True,
         Route("/plugins/{name}/{path:path}", api.plugin_route, methods=_ALL),
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
+                    middleware=[Middleware(Guard, allowed_hosts=allowed_hosts)],
                     exception_handlers={HTTPException: http_error, Exception: internal_error})
     app.state.plughost = state
     return app

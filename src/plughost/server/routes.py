@@ -24,6 +24,11 @@ from .errors import error_json
 _PARAM = re.compile(r"^(?:\{([A-Za-z_][A-Za-z0-9_]*)(:path)?\}|:([A-Za-z_][A-Za-z0-9_]*))$")
 
 
+_PRIVATE_HEADERS = frozenset({"cookie", "authorization", "proxy-authorization"})
+_SANDBOX = {"content-security-policy": "sandbox allow-scripts allow-forms",
+            "x-content-type-options": "nosniff"}
+
+
 @functools.lru_cache(maxsize=1024)
 def compile_path(path: str) -> re.Pattern[str]:
     """`/items/{id}` (or gin's `/items/:id`) as a regex; `{rest:path}` spans segments."""
@@ -79,6 +84,8 @@ def request_args(request: Request, path: str, route: Route, params: dict[str, st
             body = raw.decode("utf-8", "replace")
     headers: dict[str, str] = {}
     for key, value in request.headers.items():
+        if key in _PRIVATE_HEADERS:  # the user's credentials are not the plugin's business
+            continue
         headers[key] = f"{headers[key]}, {value}" if key in headers else value
     return {"method": request.method, "path": path, "route": route.path, "params": params,
             "query": dict(request.query_params), "headers": headers, "body": body}
@@ -87,7 +94,7 @@ def request_args(request: Request, path: str, route: Route, params: dict[str, st
 def to_response(plugin: str, result: Any) -> Response:
     """A handler's result as the HTTP response (see the module docstring)."""
     if not (isinstance(result, dict) and ("status" in result or "body" in result)):
-        return JSONResponse(result)
+        return JSONResponse(result, headers=dict(_SANDBOX))
     status = result.get("status", 200)
     headers = result.get("headers") or {}
     if (not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599
@@ -96,6 +103,9 @@ def to_response(plugin: str, result: Any) -> Response:
                           "(status must be an integer 100-599, headers an object)",
                           "BadPluginResponse", 502)
     hdrs = {str(k): str(v) for k, v in headers.items()}
+    # A plugin's page shares the admin page's origin: sandbox it, so its scripts run in an
+    # opaque origin and cannot drive the admin API (the guard refuses origin "null").
+    hdrs.update(_SANDBOX)
     body = result.get("body")
     has_type = any(k.lower() == "content-type" for k in hdrs)
     if body is None:

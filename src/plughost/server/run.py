@@ -106,7 +106,11 @@ def serve(directory: Path, *, host: str = "127.0.0.1", port: int = 8080, watch: 
     sock = _listen(host, port)
     manager = Manager()
     loader = Loader(directory, manager, lazy=lazy)
-    app = create_app(manager, loader, watch=watch, debounce_ms=debounce_ms)
+    # On a loopback address only loopback names are served (no DNS rebinding).
+    loopback = host in ("127.0.0.1", "::1", "localhost")
+    app = create_app(manager, loader, watch=watch, debounce_ms=debounce_ms,
+                     allowed_hosts=[host, "localhost", "127.0.0.1", "[::1]", "::1"]
+                     if loopback else None)
     config = uvicorn.Config(app, lifespan="on", log_config=None, timeout_graceful_shutdown=10)
 
     def ready(server: PlughostServer) -> None:
