@@ -445,7 +445,7 @@ def test_environment_is_minimal(plugins: Path, manager: Manager, monkeypatch: py
     sdk_plugin(plugins, "envp", manifest={"env": ["PH_TEST_LISTED", "PH_TEST_ABSENT"]})
     new_loader().load_all()
     expected = {"PATH", "PLUGHOST_PLUGIN", "PLUGIN_PROTOCOL_VERSIONS", "PLUGIN_UNIX_SOCKET_DIR",
-                "PLUGHOST_HOST_ADDR", "PYTHONUNBUFFERED", "PH_TEST_LISTED"}
+                "PLUGHOST_HOST_ADDR", "PLUGHOST_HOST_TOKEN", "PYTHONUNBUFFERED", "PH_TEST_LISTED"}
     env = manager.call("envp", "env")
     # Python itself may add LC_CTYPE (PEP 538 locale coercion) after exec; nothing else.
     assert set(env) - {"LC_CTYPE"} == expected
@@ -463,6 +463,22 @@ def test_environment_is_minimal(plugins: Path, manager: Manager, monkeypatch: py
     host_sock = env["PLUGHOST_HOST_ADDR"].removeprefix("unix://")
     assert env["PLUGHOST_HOST_ADDR"].startswith("unix:///") and os.path.exists(host_sock)
     assert len(host_sock) < 100  # sun_path is 108 bytes
+    # Someone else on the socket (another plugin, say) cannot speak as this plugin.
+    import grpc
+
+    from plughost.proto.plughost.v1 import plugin_pb2 as pb
+    from plughost.proto.plughost.v1 import plugin_pb2_grpc as pb_grpc
+    with grpc.insecure_channel(f"unix:{host_sock}") as channel:
+        stub = pb_grpc.HostStub(channel)
+        request = pb.HostCallRequest(function="log", args=b'{"message": "x"}')
+        for metadata in ((), (("plughost-host-token", "guess"),)):
+            with pytest.raises(grpc.RpcError) as info:
+                stub.HostCall(request, timeout=10, metadata=metadata)
+            assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        good = (("plughost-host-token", env["PLUGHOST_HOST_TOKEN"]),)
+        assert stub.HostCall(request, timeout=10, metadata=good).error != ""  # no `log` perm
+    assert any("without this plugin's token" in r.message
+               for r in manager.log_for("envp").records())
     manager.unregister("envp")
     assert not os.path.exists(sock_dir)
 

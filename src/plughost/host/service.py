@@ -7,6 +7,7 @@ through the same `HostFunctions.dispatch` as wasm's `gk.host_call`.
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Callable
 from concurrent import futures
@@ -15,7 +16,7 @@ import grpc
 
 from ..errors import HostCallError
 from ..logs import GK_LEVELS
-from ..proto import CHANNEL_OPTIONS
+from ..proto import CHANNEL_OPTIONS, HOST_TOKEN_METADATA
 from ..proto.plughost.v1 import plugin_pb2 as pb
 from ..proto.plughost.v1 import plugin_pb2_grpc as pb_grpc
 from . import chain
@@ -25,12 +26,25 @@ logger = logging.getLogger(__name__)
 
 
 class _HostServicer(pb_grpc.HostServicer):
-    def __init__(self, host: HostFunctions, context: Callable[[], HostContext]) -> None:
+    def __init__(self, host: HostFunctions, context: Callable[[], HostContext],
+                 token: str) -> None:
         self._host = host
         self._context = context  # read per request: it changes when the plugin registers
+        self._token = token.encode()
+
+    def _check(self, context: grpc.ServicerContext) -> None:
+        # Same-user processes can reach this socket; only the plugin we started has the
+        # token (from its environment), so nobody else speaks as this plugin.
+        sent = dict(context.invocation_metadata()).get(HOST_TOKEN_METADATA, "")
+        if not hmac.compare_digest(str(sent).encode(), self._token):
+            self._context().log.warning("refused a host call without this plugin's token",
+                                        source="host")
+            context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                          "missing or wrong plughost-host-token")
 
     def HostCall(self, request: pb.HostCallRequest, context: grpc.ServicerContext
                  ) -> pb.HostCallResponse:
+        self._check(context)
         ctx = self._context()
         call_id = dict(context.invocation_metadata()).get(chain.CALL_ID_METADATA)
         try:
@@ -45,6 +59,7 @@ class _HostServicer(pb_grpc.HostServicer):
         return pb.HostCallResponse(result=result)
 
     def Log(self, request: pb.LogRequest, context: grpc.ServicerContext) -> pb.Empty:
+        self._check(context)
         self._context().log.log(GK_LEVELS.get(request.level, logging.ERROR), request.message,
                                 source="plugin")
         return pb.Empty()
@@ -54,11 +69,11 @@ class HostServer:
     """A started Host service bound to `unix:<socket_path>`."""
 
     def __init__(self, socket_path: str, host: HostFunctions,
-                 context: Callable[[], HostContext]) -> None:
+                 context: Callable[[], HostContext], token: str) -> None:
         self.address = f"unix://{socket_path}"
         self._server = grpc.server(futures.ThreadPoolExecutor(
             max_workers=4, thread_name_prefix="plughost-hostsvc"), options=CHANNEL_OPTIONS)
-        pb_grpc.add_HostServicer_to_server(_HostServicer(host, context), self._server)
+        pb_grpc.add_HostServicer_to_server(_HostServicer(host, context, token), self._server)
         self._server.add_insecure_port(f"unix:{socket_path}")
         self._server.start()
 

@@ -4,6 +4,10 @@
 #: so the host can check plugin_call chains across processes (docs/protocol.md).
 CALL_ID_METADATA = "plughost-call-id"
 
+#: gRPC metadata key a plugin sends on every `HostCall`/`Log`, with the value of its
+#: PLUGHOST_HOST_TOKEN environment variable: the Host socket answers only its own plugin.
+HOST_TOKEN_METADATA = "plughost-host-token"
+
 #: Largest message either side sends or accepts (gRPC's own default is 4 MiB).
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 CHANNEL_OPTIONS = (

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import sys
 import tempfile
@@ -126,8 +127,9 @@ class GrpcPlugin:
         # Until Register answers, host calls get no permissions.
         self.host_context = HostContext(plugin=source.name, permissions=frozenset(), log=log)
         try:
+            self._token = secrets.token_hex(16)
             self._host_server = HostServer(os.path.join(self._dir, "host.sock"), host,
-                                           lambda: self.host_context)
+                                           lambda: self.host_context, self._token)
             self._conn = self._start()
         except BaseException:
             self._closing.set()
@@ -217,6 +219,7 @@ class GrpcPlugin:
             "PLUGIN_PROTOCOL_VERSIONS": "1",
             "PLUGIN_UNIX_SOCKET_DIR": self._dir,
             "PLUGHOST_HOST_ADDR": self._host_server.address,
+            "PLUGHOST_HOST_TOKEN": self._token,
             "PYTHONUNBUFFERED": "1",
         })
         return env

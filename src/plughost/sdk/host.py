@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from ..proto import CALL_ID_METADATA, CHANNEL_OPTIONS
+from ..proto import CALL_ID_METADATA, CHANNEL_OPTIONS, HOST_TOKEN_METADATA
 from ..proto.plughost.v1 import plugin_pb2 as pb
 from ..proto.plughost.v1 import plugin_pb2_grpc as pb_grpc
 
@@ -45,15 +45,20 @@ class HostClient:
                                                                         options=CHANNEL_OPTIONS))
         return self._stub
 
+    @staticmethod
+    def _metadata() -> tuple[tuple[str, str], ...]:
+        return ((HOST_TOKEN_METADATA, os.environ.get("PLUGHOST_HOST_TOKEN", "")),)
+
     def call(self, function: str, args: Any = None) -> Any:
         """Run host function `function` with JSON-able `args`; return its decoded result."""
         payload = json.dumps({} if args is None else args).encode()
         try:
             call_id = getattr(_current_call, "id", None)
+            metadata = self._metadata()
+            if call_id:
+                metadata += ((CALL_ID_METADATA, call_id),)
             resp = self._host().HostCall(pb.HostCallRequest(function=function, args=payload),
-                                         timeout=self._timeout,
-                                         metadata=((CALL_ID_METADATA, call_id),) if call_id
-                                         else None)
+                                         timeout=self._timeout, metadata=metadata)
         except grpc.RpcError as exc:
             raise HostError(f"{function}: host unreachable: {exc.code().name}") from None
         if resp.error:
@@ -64,7 +69,8 @@ class HostClient:
         """Write to this plugin's log on the host (no permission needed)."""
         lvl = level if isinstance(level, int) else _LEVELS.get(level.lower(), 3)
         try:
-            self._host().Log(pb.LogRequest(level=lvl, message=message), timeout=self._timeout)
+            self._host().Log(pb.LogRequest(level=lvl, message=message), timeout=self._timeout,
+                             metadata=self._metadata())
         except grpc.RpcError as exc:
             raise HostError(f"log: host unreachable: {exc.code().name}") from None
 
