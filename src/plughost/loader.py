@@ -309,6 +309,26 @@ class Loader:
     async def aunload(self, name: str) -> None:
         await self.manager.run_blocking(self.unload, name)
 
+    async def aforget(self, name: str) -> None:
+        await self.manager.run_blocking(self.forget, name)
+
+    async def aload_wasm(self, name: str) -> None:
+        await self.manager.run_blocking(self.load_wasm, name)
+
+    async def aload_wasm_from_path(self, path: str | Path, name: str | None = None) -> str:
+        return await self.manager.run_blocking(  # type: ignore[no-any-return]
+            self.load_wasm_from_path, path, name)
+
+    async def awatch_dir(self, debounce_ms: int = 500) -> Watcher:
+        return await self.manager.run_blocking(  # type: ignore[no-any-return]
+            self.watch_dir, debounce_ms)
+
+    async def astop_watch(self) -> None:
+        await self.manager.run_blocking(self.stop_watch)
+
+    async def aclose(self) -> None:
+        await self.manager.run_blocking(self.close)
+
     # -- internals -----------------------------------------------------------------------
 
     @contextmanager

@@ -160,6 +160,10 @@ def list_directory(root: Path) -> DirectoryListing:
             rel = os.path.relpath(full, root).replace(os.sep, "/")
             if rel == DIR_SIGNATURE:
                 continue
+            if any(ord(c) < 32 or c == "\x7f" for c in rel):
+                # a newline in a name could forge lines of the canonical list
+                raise SignatureError(f"file name {rel!r} has control characters; signed "
+                                     "plugins cannot", path=full)
             st = os.lstat(full)
             if not stat.S_ISREG(st.st_mode):
                 raise SignatureError(f"contains {rel}, which is not a regular file; signed "

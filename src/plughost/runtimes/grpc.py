@@ -34,14 +34,15 @@ from ..errors import (
     PluginTimeout,
     PluginUnavailable,
 )
-from ..host import HostContext, HostFunctions, chain, context_for
+from ..host import HostFunctions, chain, context_for
 from ..host.service import HostServer
 from ..logs import PluginLog
 from ..plugin import Kind, PluginSource
 from ..proto import CHANNEL_OPTIONS
 from ..proto.plughost.v1 import plugin_pb2 as pb
 from ..proto.plughost.v1 import plugin_pb2_grpc as pb_grpc
-from ..registration import Registration, parse_registration
+from ..registration import parse_registration
+from .base import PluginBase
 from .process import ChildProcess
 
 logger = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ def _sweep_stale_dirs(root: str) -> None:
                 continue
 
 
-class GrpcPlugin:
+class GrpcPlugin(PluginBase):
     """A loaded out-of-process plugin. Thread-safe; calls run concurrently."""
 
     kind: Kind = "grpc"
@@ -107,25 +108,19 @@ class GrpcPlugin:
     def __init__(self, source: PluginSource, host: HostFunctions, log: PluginLog, *,
                  policy: RestartPolicy | None = None, on_event: EventSink | None = None
                  ) -> None:
-        self._source = source
-        self._log = log
+        super().__init__(source, log)
         self._policy = policy or RestartPolicy()
         self._on_event = on_event or (lambda kind, detail: None)
-        res = source.manifest.resources
-        self.call_timeout = res.call_timeout_ms / 1000
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._state = "starting"
         self._gen = 0
         self._crashes: deque[float] = deque()
         self._conn: _Connection | None = None
-        self._registration: Registration | None = None
         root = _socket_root()
         _sweep_stale_dirs(root)
         self._dir = tempfile.mkdtemp(prefix=f"ph-{os.getpid()}-", dir=root)
         os.chmod(self._dir, 0o700)
-        # Until Register answers, host calls get no permissions.
-        self.host_context = HostContext(plugin=source.name, permissions=frozenset(), log=log)
         try:
             self._token = secrets.token_hex(16)
             self._host_server = HostServer(os.path.join(self._dir, "host.sock"), host,
@@ -138,23 +133,6 @@ class GrpcPlugin:
         self._state = "running"
 
     # -- Plugin protocol ---------------------------------------------------------------
-
-    @property
-    def name(self) -> str:
-        return self._source.name
-
-    @property
-    def source(self) -> PluginSource:
-        return self._source
-
-    @property
-    def registration(self) -> Registration:
-        assert self._registration is not None
-        return self._registration
-
-    @property
-    def log(self) -> PluginLog:
-        return self._log
 
     @property
     def state(self) -> str:
@@ -173,7 +151,7 @@ class GrpcPlugin:
                    "restarting": "its process crashed and is being restarted",
                    "stopped": "it has been shut down"}.get(self._state, self._state)
             raise PluginUnavailable(why, plugin=self.name)
-        limit = self.call_timeout if timeout is None else min(timeout, self.call_timeout)
+        limit = self._limit(timeout)
         try:
             # The call id lets this plugin's host calls find their call chain (plugin_call).
             with chain.remote_call() as call_id:

@@ -31,10 +31,11 @@ from ..errors import (
     PluginTrap,
     PluginUnavailable,
 )
-from ..host import HostContext, HostFunctions, context_for
+from ..host import HostFunctions, context_for
 from ..logs import GK_LEVELS, LineWriter, PluginLog
 from ..plugin import Kind, PluginSource
-from ..registration import Registration, parse_registration
+from ..registration import parse_registration
+from .base import PluginBase
 from .pool import Pool, PoolClosed
 from .wasm_abi import MASK32, MASK64, check_module, pack, unpack
 from .wasm_cache import ModuleCache, default_cache_dir
@@ -291,7 +292,7 @@ class _Instance:
             return False
 
 
-class WasmPlugin:
+class WasmPlugin(PluginBase):
     """A loaded wasm plugin: its compiled module and a pool of instances.
 
     By default the pool holds one instance and calls are serialized on it, so plugin state
@@ -303,22 +304,18 @@ class WasmPlugin:
 
     def __init__(self, source: PluginSource, engine: WasmEngine, module: wasmtime.Module,
                  host: HostFunctions, log: PluginLog) -> None:
-        self._source = source
+        super().__init__(source, log)
         self.engine = engine
         self.module = module
         self.host = host
-        self._log = log
         self.stdout = LineWriter(log, "stdout")
         self.stderr = LineWriter(log, "stderr", logging.WARNING)
         res = source.manifest.resources
-        self.call_timeout = res.call_timeout_ms / 1000
         self._max = res.max_instances
         self._pool: Pool[_Instance] = Pool(res.max_instances, self._new_instance)
         self._closed = False
         self._busy = threading.local()
-        # The first instance proves the module works and tells us who it says it is. Until
-        # the registration is known, host calls (from _initialize) get no permissions.
-        self.host_context = HostContext(plugin=source.name, permissions=frozenset(), log=log)
+        # The first instance proves the module works and tells us who it says it is.
         first = self._new_instance(loading=True)
         try:
             raw = first.register()
@@ -332,27 +329,11 @@ class WasmPlugin:
     # -- Plugin protocol ---------------------------------------------------------------
 
     @property
-    def name(self) -> str:
-        return self._source.name
-
-    @property
-    def source(self) -> PluginSource:
-        return self._source
-
-    @property
-    def registration(self) -> Registration:
-        return self._registration
-
-    @property
-    def log(self) -> PluginLog:
-        return self._log
-
-    @property
     def state(self) -> str:
         return "stopped" if self._closed else "running"
 
     def call(self, function: str, args: bytes, *, timeout: float | None = None) -> bytes:
-        limit = self.call_timeout if timeout is None else min(timeout, self.call_timeout)
+        limit = self._limit(timeout)
         deadline = time.monotonic() + limit
         held: set[int] = getattr(self._busy, "held", None) or set()
         if id(self) in held and self._max == 1:
