@@ -14,6 +14,7 @@ import email
 import email.policy
 import http.server
 import json
+import re
 import socket
 import sqlite3
 import threading
@@ -28,7 +29,7 @@ import wasmtime
 import yaml
 from aiosmtpd.controller import Controller
 
-from plughost import Loader, Manager, PluginCallError
+from plughost import Loader, Manager, PluginCallError, PluginTimeout
 from plughost.host import HostSettings
 from plughost.host.mail import SMTPSettings
 from plughost.manifest import PERMISSIONS
@@ -1048,3 +1049,24 @@ def test_hostapi_backend_only_gets_validated_db_args(plugins: Path, engine: Wasm
     raw_call(m, "tk", "db_query", {"query": "SELECT 1", "args": "not a list"})
     raw_call(m, "tk", "db_query", {"query": "SELECT 1", "args": [{"nested": [1]}]})
     assert backend.calls == []
+
+
+def test_plugin_call_inherits_the_callers_deadline(plugins: Path, engine: WasmEngine,
+                                                   tmp_path: Path) -> None:
+    """A 300 ms call that calls a plugin allowed 30 s must not wait 30 s: the nested call
+    gets what is left of the caller's deadline (no wall-clock assertion: the callee's
+    timeout error states the budget it was given)."""
+    write_plugin_dir(plugins, "a", {"permissions": ["plugin.call"],
+                                    "resources": {"call_timeout_ms": 300}})
+    write_plugin_dir(plugins, "b", {"resources": {"call_timeout_ms": 30_000}})
+    m = Manager(settings=HostSettings(data_dir=tmp_path / "data"))
+    try:
+        Loader(plugins, m, engine=engine).load_all()
+        with pytest.raises(PluginTimeout):
+            m.call_raw("a", "host", b'plugin_call|{"plugin": "b", "function": "loop"}')
+        refusal = next(r.message for r in m.log_for("a").records()
+                       if "plugin_call b.loop failed" in r.message)
+        budget = int(re.search(r"deadline of (\d+) ms", refusal)[1])  # type: ignore[index]
+        assert budget <= 300
+    finally:
+        m.close()

@@ -89,6 +89,13 @@ class _Entry:
             return self.cond.wait_for(lambda: self.inflight == 0, timeout)
 
 
+def _limit_of(plugin: Plugin, timeout: float | None) -> float | None:
+    own = getattr(plugin, "call_timeout", None)
+    if timeout is None:
+        return own if isinstance(own, float | int) else None
+    return min(timeout, own) if isinstance(own, float | int) else timeout
+
+
 def encode_args(args: Any, name: str = "", function: str = "") -> bytes:
     """Arguments as JSON bytes; bytes/bytearray pass through untouched."""
     if args is None:
@@ -283,8 +290,9 @@ class Manager:
         """Call with JSON bytes in and out (no decoding)."""
         entry = self._acquire(name)
         try:
-            with chain.entered(name):
-                return entry.plugin.call(function, args, timeout=timeout)
+            # A nested call (plugin_call) inherits what is left of its caller's deadline.
+            with chain.entered(name, _limit_of(entry.plugin, timeout)) as left:
+                return entry.plugin.call(function, args, timeout=left)
         except PlughostError:
             raise
         except Exception as exc:  # a runtime bug still reaches the caller as a typed error

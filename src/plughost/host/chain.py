@@ -11,51 +11,77 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 
 from ..proto import CALL_ID_METADATA
 
-__all__ = ["CALL_ID_METADATA", "current", "entered", "lookup", "remote_call", "using"]
+__all__ = ["CALL_ID_METADATA", "CallPath", "current", "entered", "lookup", "path",
+           "remote_call", "using"]
 
-_chain: ContextVar[tuple[str, ...]] = ContextVar("plughost_call_chain", default=())
-_calls: dict[str, tuple[str, ...]] = {}
+@dataclass(frozen=True)
+class CallPath:
+    """Plugins on the current call path (outermost first) and the path's deadline."""
+
+    plugins: tuple[str, ...] = ()
+    deadline: float | None = None  # time.monotonic() by which the outermost call must end
+
+    def left(self) -> float | None:
+        """Seconds until the deadline (None: no deadline on this path)."""
+        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+
+
+_NO_PATH = CallPath()  # frozen: safe to share as the default
+_path: ContextVar[CallPath] = ContextVar("plughost_call_path", default=_NO_PATH)
+_calls: dict[str, CallPath] = {}
 _lock = threading.Lock()
 _ids = itertools.count(1)
 
 
 def current() -> tuple[str, ...]:
     """Plugins on the current call path, outermost first."""
-    return _chain.get()
+    return _path.get().plugins
+
+
+def path() -> CallPath:
+    return _path.get()
 
 
 @contextmanager
-def entered(name: str) -> Iterator[tuple[str, ...]]:
-    """Mark that the current path now runs inside plugin `name`."""
-    token = _chain.set((*_chain.get(), name))
+def entered(name: str, timeout: float | None) -> Iterator[float | None]:
+    """Mark that the current path now runs inside plugin `name`, for at most `timeout`
+    seconds and never past the path's deadline. Yields the time left for this call."""
+    outer = _path.get()
+    deadline = outer.deadline
+    if timeout is not None:
+        mine = time.monotonic() + timeout
+        deadline = mine if deadline is None else min(deadline, mine)
+    token = _path.set(CallPath((*outer.plugins, name), deadline))
     try:
-        yield _chain.get()
+        yield _path.get().left()
     finally:
-        _chain.reset(token)
+        _path.reset(token)
 
 
 @contextmanager
-def using(chain: tuple[str, ...]) -> Iterator[None]:
-    """Run with an explicit chain (a host call that arrived from another process)."""
-    token = _chain.set(chain)
+def using(call_path: CallPath) -> Iterator[None]:
+    """Run with an explicit path (a host call that arrived from another process)."""
+    token = _path.set(call_path)
     try:
         yield
     finally:
-        _chain.reset(token)
+        _path.reset(token)
 
 
 @contextmanager
 def remote_call() -> Iterator[str]:
-    """Register the current chain under a fresh id for the duration of an RPC."""
+    """Register the current path under a fresh id for the duration of an RPC."""
     call_id = str(next(_ids))
     with _lock:
-        _calls[call_id] = _chain.get()
+        _calls[call_id] = _path.get()
     try:
         yield call_id
     finally:
@@ -63,10 +89,11 @@ def remote_call() -> Iterator[str]:
             _calls.pop(call_id, None)
 
 
-def lookup(call_id: str | None, plugin: str) -> tuple[str, ...]:
-    """The chain of an in-flight RPC into `plugin` (see module docstring)."""
+def lookup(call_id: str | None, plugin: str) -> CallPath:
+    """The path of an in-flight RPC into `plugin` (see module docstring)."""
     with _lock:
-        if call_id is not None and call_id in _calls and _calls[call_id][-1:] == (plugin,):
-            return _calls[call_id]
-        mine = [c for c in _calls.values() if c[-1:] == (plugin,)]
-    return max(mine, key=len) if mine else (plugin,)
+        known = _calls.get(call_id) if call_id is not None else None
+        if known is not None and known.plugins[-1:] == (plugin,):
+            return known
+        mine = [c for c in _calls.values() if c.plugins[-1:] == (plugin,)]
+    return max(mine, key=lambda c: len(c.plugins)) if mine else CallPath((plugin,))

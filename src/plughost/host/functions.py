@@ -137,6 +137,9 @@ def make_backend_functions(api: HostAPI) -> dict[str, tuple[str, Callable[..., A
         if body is not None and not isinstance(body, str):
             body = json.dumps(body)
         timeout = a.get("timeout")
+        left = chain.path().left()  # never outlive the call that asked
+        if left is not None:
+            timeout = min(float(timeout), left) if isinstance(timeout, int | float) else left
         url = _str(ctx, a, "url", "http_request")
         check_url(ctx.plugin, url, ctx.allowed_hosts)  # here, so app backends get it too
         return api.http_request(ctx.plugin, ctx.allowed_hosts, str(a.get("method") or "GET"),
@@ -171,7 +174,8 @@ def make_plugin_call(table: HostFunctions, max_depth: int) -> Callable[..., Any]
         a = _obj(ctx, args, "plugin_call", '{"plugin": "...", "function": "...", "args": ...}')
         target = _str(ctx, a, "plugin", "plugin_call")
         function = _str(ctx, a, "function", "plugin_call")
-        path = chain.current() or (ctx.plugin,)
+        call_path = chain.path()
+        path = call_path.plugins or (ctx.plugin,)
         if target in path:
             raise HostCallError(f"plugin_call: cycle refused ({' -> '.join(path)} -> "
                                 f"{target})", plugin=ctx.plugin)
@@ -183,7 +187,7 @@ def make_plugin_call(table: HostFunctions, max_depth: int) -> Callable[..., Any]
             raise HostCallError("plugin_call: no manager bound", plugin=ctx.plugin)
         payload = json.dumps(a.get("args") if a.get("args") is not None else {}).encode()
         try:
-            with chain.using(path):
+            with chain.using(chain.CallPath(path, call_path.deadline)):
                 raw = manager.call_raw(target, function, payload)
         except PlughostError as exc:
             raise HostCallError(f"plugin_call {target}.{function} failed: "

@@ -49,7 +49,7 @@ class _HostServicer(pb_grpc.HostServicer):
         call_id = dict(context.invocation_metadata()).get(chain.CALL_ID_METADATA)
         try:
             with chain.using(chain.lookup(call_id if isinstance(call_id, str) else None,
-                                          ctx.plugin)):
+                                          ctx.plugin)):  # its plugins and its deadline
                 result = self._host.dispatch(ctx, request.function, request.args)
         except HostCallError as exc:
             return pb.HostCallResponse(error=exc.message)
