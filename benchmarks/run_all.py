@@ -16,7 +16,8 @@ from typing import Any
 from _common import fmt_ns, fmt_ratio, loadavg, machine, parser, table, write_json
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("call_overhead", "load_time", "discovery")
+BENCHMARKS = ("call_overhead", "load_time", "discovery", "grpc_calls", "grpc_start",
+              "hot_reload")
 
 
 def _row(rows: list[dict[str, Any]], key: str, field: str = "key") -> dict[str, Any]:
@@ -56,6 +57,38 @@ def summarize(results: dict[str, dict[str, Any]]) -> list[list[str]]:
             out.append(["discovery", f"discover_all, {res[tree]['count']:,} {what}",
                         fmt_ns(mine["median_ns"]), "bare scandir walk",
                         fmt_ns(bare["median_ns"]), fmt_ratio(mine["ratio_vs_bare"])])
+    if "grpc_calls" in results:
+        res = results["grpc_calls"]
+        rows = res["rows"]
+        a, g = _row(rows, "a"), _row(rows, "g")
+        for key, what in (("c", "grpc: GrpcPlugin.call"), ("d", "grpc: manager.call_raw"),
+                          ("e", "grpc: manager.call (JSON)"),
+                          ("f", "grpc: await manager.acall")):
+            r = _row(rows, key)
+            base, bname = (g, "raw grpc.aio call") if key == "f" else (a, "raw grpcio call")
+            out.append(["grpc_calls", what, f"{fmt_ns(r['median_ns'])} "
+                        f"(p99 {fmt_ns(r['p99_ns'])})", bname, fmt_ns(base["median_ns"]),
+                        fmt_ratio(r["ratio"])])
+        conc = res["concurrency"]
+        for key, bkey, what in (("ph_threads", "raw_threads", "grpc: 8 threads, calls/s"),
+                                ("ph_tasks", "raw_tasks", "grpc: 8 asyncio tasks, calls/s")):
+            r, b = _row(conc, key), _row(conc, bkey)
+            out.append(["grpc_calls", what, f"{r['calls_per_s']:,.0f}/s", "raw, same",
+                        f"{b['calls_per_s']:,.0f}/s", fmt_ratio(r["throughput_vs_raw"])])
+    if "grpc_start" in results:
+        h = results["grpc_start"]["headline"]
+        out.append(["grpc_start", "ensure_loaded + first call", fmt_ns(h["plughost_ns"]),
+                    "bare Popen -> handshake", fmt_ns(h["bare_ns"]), fmt_ratio(h["ratio"])])
+    if "hot_reload" in results:
+        for r in results["hot_reload"]["runs"]:
+            if r["latency_median_ns"] is None:
+                continue
+            what = (f"{r['kind']} reload, D={r['debounce_ms']} ms, {r['seen']}/"
+                    f"{r['replacements']} seen, {r['failed_calls']} failed calls")
+            out.append(["hot_reload", what, f"{fmt_ns(r['latency_median_ns'])} "
+                        f"(p99 {fmt_ns(r['latency_p99_ns'])})", "debounce D",
+                        f"{r['debounce_ms']} ms",
+                        f"D + {fmt_ns(r['minus_debounce_median_ns'])}"])
     return out
 
 
