@@ -97,19 +97,35 @@ class Watcher:
 
     def _run(self) -> None:
         root = self.loader.plugin_dir.absolute()
+        restarted = False
         while not self._stop.is_set():
             identity = _identity(root)
             if identity is None:  # the whole plugin dir is gone: so are its plugins
                 self._batch(set(), gone=True)
                 self._stop.wait(0.5)
                 continue
+            # The quiet period is ours: watchfiles reports every 50 ms of activity (and
+            # ticks when idle); a batch is applied once nothing changed for debounce_ms.
+            # (With watchfiles' own `step` set to the debounce, detection took 1-2x it.)
+            quiet = self.debounce_ms / 1000
+            tick = max(10, min(100, self.debounce_ms // 4))
+            # After a restart (the dir was replaced), rescan once the new watch is live:
+            # files created in between raised no event we could see.
+            pending: set[Path] = {root} if restarted else set()
+            last = 0.0
+            restarted = True
             try:
                 for changes in watchfiles.watch(
                         root, watch_filter=self._relevant, stop_event=self._stop,
-                        step=self.debounce_ms, debounce=max(self.debounce_ms * 4, 2000),
-                        raise_interrupt=False, rust_timeout=1000, yield_on_timeout=True):
+                        step=min(50, max(1, self.debounce_ms)), debounce=60_000,
+                        raise_interrupt=False, rust_timeout=tick, yield_on_timeout=True):
+                    now = time.monotonic()
                     if changes:
-                        self._batch({Path(p) for _, p in changes})
+                        pending |= {Path(p) for _, p in changes}
+                        last = now
+                    if pending and now - last >= quiet:
+                        batch, pending = pending, set()
+                        self._batch(batch)
                     if _identity(root) != identity:
                         # replaced or removed: inotify watches the old inode; start over
                         self._batch({root})
