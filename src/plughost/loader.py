@@ -366,7 +366,7 @@ class Loader:
         """Stage (verify, copy/unpack) and start one version; nothing is registered here."""
         log = self.manager.log_for(found.name)
         try:
-            staged = self.stager.stage(found, log)
+            staged = self.stager.stage(found)
             source = staged.source
             try:
                 plugin: Plugin

@@ -25,7 +25,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .discovery import Found, bare_manifest
 from .errors import ManifestError, PluginLoadError, SignatureError
-from .logs import PluginLog
 from .manifest import LoadedManifest, load_manifest
 from .packaging import PackageLimits, extract
 from .plugin import PluginSource
@@ -82,13 +81,13 @@ class Stager:
 
     # -- staging -------------------------------------------------------------------------
 
-    def stage(self, found: Found, log: PluginLog) -> Staged:
+    def stage(self, found: Found) -> Staged:
         if found.path.suffix == ".zip" and found.path.is_file():
-            staged = self._stage_package(found, log)
+            staged = self._stage_package(found)
         elif found.path.is_dir():
-            staged = self._stage_directory(found, log)
+            staged = self._stage_directory(found)
         else:
-            staged = self._stage_file(found, log)
+            staged = self._stage_file(found)
         if self.require:
             return staged
         signed = (found.path / DIR_SIGNATURE).exists() if found.path.is_dir() else (
@@ -98,18 +97,14 @@ class Stager:
                 else "unsigned plugin loaded: signature verification is off")
         return replace(staged, note=note)
 
-    def _stage_file(self, found: Found, log: PluginLog) -> Staged:
-        try:
-            data = found.path.read_bytes()
-        except OSError as exc:
-            raise PluginLoadError(f"cannot read module: {exc}", plugin=found.name,
-                                  path=found.path) from None
-        self._check_sidecar(found, data, log)
+    def _stage_file(self, found: Found) -> Staged:
+        data = _read(found.path, "module", found.name)
+        self._check_sidecar(found, data)
         source = PluginSource(found.name, "wasm", found.path, found.path.parent, found.path,
                               bare_manifest(found.name), None)
         return Staged(source, data)
 
-    def _stage_directory(self, found: Found, log: PluginLog) -> Staged:
+    def _stage_directory(self, found: Found) -> Staged:
         run_dir, private = found.path, None
         if self.require:
             private = self._private(found.name, "dir")
@@ -129,16 +124,12 @@ class Stager:
                 raise
         return self._from_directory(found, run_dir, private)
 
-    def _stage_package(self, found: Found, log: PluginLog) -> Staged:
-        try:
-            data = found.path.read_bytes()
-        except OSError as exc:
-            raise PluginLoadError(f"cannot read package: {exc}", plugin=found.name,
-                                  path=found.path) from None
+    def _stage_package(self, found: Found) -> Staged:
+        data = _read(found.path, "package", found.name)
         sidecar = found.path.with_name(found.path.name + SIG_SUFFIX)
         verified = False
         if self.require and sidecar.exists():
-            self._check_sidecar(found, data, log)
+            self._check_sidecar(found, data)
             verified = True
         private = self._private(found.name, hashlib.sha256(data).hexdigest())
         dest = private / found.name  # a manifest without `name:` defaults to its dir name
@@ -165,16 +156,12 @@ class Stager:
                               lm.manifest, lm, private)
         module = None
         if source.kind == "wasm":
-            try:
-                module = lm.entry.read_bytes()
-            except OSError as exc:
-                raise PluginLoadError(f"cannot read module: {exc}", plugin=found.name,
-                                      path=lm.entry) from None
+            module = _read(lm.entry, "module", found.name)
         return Staged(source, module)
 
     # -- signatures ------------------------------------------------------------------------
 
-    def _check_sidecar(self, found: Found, data: bytes, log: PluginLog) -> None:
+    def _check_sidecar(self, found: Found, data: bytes) -> None:
         sidecar = found.path.with_name(found.path.name + SIG_SUFFIX)
         if not self.require:
             return
@@ -183,7 +170,7 @@ class Stager:
         except FileNotFoundError:
             raise SignatureError(f"unsigned: {sidecar.name} not found and signatures are "
                                  "required", plugin=found.name, path=found.path) from None
-        self._verify(found.name, found.path, file_digest(data), text, sidecar, log)
+        self._verify(found.name, found.path, file_digest(data), text, sidecar)
 
     def _check_directory(self, name: str, directory: Path, shown: Path) -> None:
         sig_path = directory / DIR_SIGNATURE
@@ -196,13 +183,20 @@ class Stager:
             digest = list_directory(directory).digest
         except SignatureError as exc:
             raise SignatureError(exc.message, plugin=name, path=shown) from None
-        self._verify(name, shown, digest, text, shown / DIR_SIGNATURE, None)
+        self._verify(name, shown, digest, text, shown / DIR_SIGNATURE)
 
-    def _verify(self, name: str, path: Path, digest: bytes, sig_text: bytes, sig_path: Path,
-                log: PluginLog | None) -> None:
+    def _verify(self, name: str, path: Path, digest: bytes, sig_text: bytes,
+                sig_path: Path) -> None:
         if not self.keys:
             raise SignatureError("signatures are required but no trusted keys are configured "
                                  "(trusted_keys= or PLUGHOST_TRUSTED_KEYS)", plugin=name,
                                  path=path)
         sig = parse_signature(sig_text, path=sig_path, plugin=name)
         verify_digest(digest, sig, self.keys, plugin=name, path=path)
+
+
+def _read(path: Path, what: str, plugin: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise PluginLoadError(f"cannot read {what}: {exc}", plugin=plugin, path=path) from None
