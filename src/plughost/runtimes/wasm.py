@@ -39,11 +39,11 @@ from .base import PluginBase
 from .pool import Pool, PoolClosed
 from .wasm_abi import MASK32, MASK64, check_module, pack, unpack
 from .wasm_cache import ModuleCache, default_cache_dir
+from .wasm_imports import define_imports, entered, store_limits
 
 logger = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.01  # epoch granularity: deadlines are honoured to about this
-_MIB = 1024 * 1024
 _PAGE = 65536
 
 
@@ -67,6 +67,23 @@ class WasmEngine:
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._linker: wasmtime.Linker | None = None
+
+    def linker(self) -> wasmtime.Linker:
+        """The one linker of this engine: WASI and the gk imports, defined once.
+
+        Per-instance host functions would leak: wasmtime-py keeps every defined function
+        in a process-global table until wasmtime drops it, and wasmtime drops it with the
+        store, which the function's own closure kept alive. These functions hold no
+        instance; they find it through `entered`.
+        """
+        with self._lock:
+            if self._linker is None:
+                linker = wasmtime.Linker(self.engine)
+                linker.define_wasi()
+                define_imports(linker)
+                self._linker = linker
+            return self._linker
 
     def _ensure_ticker(self) -> None:
         if self._ticker is not None:
@@ -145,55 +162,47 @@ class _Instance:
         self.error_message: str | None = None  # set by gk.error during a call
         self.abi_error: str | None = None  # set by an import that met a bad pointer
         engine = plugin.engine
-        limit = plugin.source.manifest.resources.memory_mb * _MIB
         self.store = wasmtime.Store(engine.engine)
-        self.store.set_limits(memory_size=limit)
+        memory, tables, elements = store_limits(plugin.source.manifest.resources.memory_mb)
+        # One linear memory, a few bounded tables: together within memory_mb.
+        self.store.set_limits(memory_size=memory, memories=1, tables=tables,
+                              table_elements=elements, instances=1)
         wasi = wasmtime.WasiConfig()  # nothing granted: no dirs, no env, no args
         wasi.stdout_custom = plugin.stdout.write
         wasi.stderr_custom = plugin.stderr.write
         self.store.set_wasi(wasi)
-        linker = wasmtime.Linker(engine.engine)
-        linker.define_wasi()
-        i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
-        linker.define_func("gk", "host_call", wasmtime.FuncType([i32] * 4, [i64]),
-                           self._host_call, access_caller=True)
-        linker.define_func("gk", "log", wasmtime.FuncType([i32] * 3, []),
-                           self._log, access_caller=True)
-        linker.define_func("gk", "error", wasmtime.FuncType([i32] * 2, []),
-                           self._error, access_caller=True)
-        timeout = plugin.call_timeout
-        engine.arm(self.store, timeout)
-        self.instance = linker.instantiate(self.store, plugin.module)
-        exports = self.instance.exports(self.store)
-        self.memory = _export(exports, "memory", wasmtime.Memory)
-        self.gk_call = _export(exports, "gk_call", wasmtime.Func)
-        self.gk_malloc = _export(exports, "gk_malloc", wasmtime.Func)
-        self.gk_register = _export(exports, "gk_register", wasmtime.Func)
-        free, init = exports.get("gk_free"), exports.get("_initialize")
-        self.gk_free = free if isinstance(free, wasmtime.Func) else None
-        if isinstance(init, wasmtime.Func):
-            init(self.store)
+        engine.arm(self.store, plugin.call_timeout)
+        with entered(self):  # instantiation and _initialize may already call imports
+            self.instance = engine.linker().instantiate(self.store, plugin.module)
+            exports = self.instance.exports(self.store)
+            self.memory = _export(exports, "memory", wasmtime.Memory)
+            self.gk_call = _export(exports, "gk_call", wasmtime.Func)
+            self.gk_malloc = _export(exports, "gk_malloc", wasmtime.Func)
+            self.gk_register = _export(exports, "gk_register", wasmtime.Func)
+            free, init = exports.get("gk_free"), exports.get("_initialize")
+            self.gk_free = free if isinstance(free, wasmtime.Func) else None
+            if isinstance(init, wasmtime.Func):
+                init(self.store)
         self._check_abi()
 
     # -- imports (run inside wasm calls, on the calling thread) --------------------------
     #
-    # Imports never raise. wasmtime-py carries a Python exception out of a host function
-    # through a process-global slot, which concurrent calls on other stores can pick up.
-    # So a violation is recorded on this instance, the import returns a neutral value, and
-    # the call fails with it once control is back in `call`.
+    # wasm_imports.py defines these once per engine and finds the instance through
+    # `entered`; they must not raise (see there). A violation is recorded on this instance,
+    # the import returns a neutral value, and the call fails with it once control is back.
 
-    def _violation(self, message: str) -> None:
+    def violation(self, message: str) -> None:
         if self.abi_error is None:
             self.abi_error = message
 
-    def _host_call(self, caller: wasmtime.Caller, fp: int, fl: int, ap: int, al: int) -> int:
+    def host_call(self, caller: wasmtime.Caller, fp: int, fl: int, ap: int, al: int) -> int:
         try:
             mem = _memory(caller, caller)
             fn = _read(caller, mem, fp, fl, "gk.host_call function name").decode(
                 "utf-8", "replace")
             args = _read(caller, mem, ap, al, "gk.host_call args")
         except _ABIViolation as exc:
-            self._violation(str(exc))
+            self.violation(str(exc))
             return 0
         try:
             result = self.plugin.host.dispatch(self.plugin.host_context, fn, args)
@@ -209,27 +218,27 @@ class _Instance:
                 return 0
             _write(caller, _memory(caller, caller), ptr, result, "gk.host_call result")
         except _ABIViolation as exc:
-            self._violation(str(exc))
+            self.violation(str(exc))
             return 0
         except Exception as exc:  # gk_malloc itself trapped
-            self._violation(f"gk_malloc failed during gk.host_call: {_describe(exc)}")
+            self.violation(f"gk_malloc failed during gk.host_call: {_describe(exc)}")
             return 0
         return pack(ptr, len(result))
 
-    def _log(self, caller: wasmtime.Caller, level: int, ptr: int, length: int) -> None:
+    def log(self, caller: wasmtime.Caller, level: int, ptr: int, length: int) -> None:
         try:
             msg = _read(caller, _memory(caller, caller), ptr, length, "gk.log message")
         except _ABIViolation as exc:
-            self._violation(str(exc))
+            self.violation(str(exc))
             return
         self.plugin.log.log(GK_LEVELS.get(level, logging.ERROR),
                             msg.decode("utf-8", "replace"), source="plugin")
 
-    def _error(self, caller: wasmtime.Caller, ptr: int, length: int) -> None:
+    def error(self, caller: wasmtime.Caller, ptr: int, length: int) -> None:
         try:
             msg = _read(caller, _memory(caller, caller), ptr, length, "gk.error message")
         except _ABIViolation as exc:
-            self._violation(str(exc))
+            self.violation(str(exc))
             return
         self.error_message = msg.decode("utf-8", "replace") or "plugin reported an error"
 
@@ -259,14 +268,19 @@ class _Instance:
 
     def register(self) -> bytes:
         self.plugin.engine.arm(self.store, self.plugin.call_timeout)
-        # Not freed: registrations are often static data, which gk_free must never see.
-        raw, _ = self._result(self.gk_register(self.store), "gk_register result")
+        with entered(self):
+            # Not freed: registrations are often static data, which gk_free must never see.
+            raw, _ = self._result(self.gk_register(self.store), "gk_register result")
         self._check_abi()
         return raw
 
     def call(self, function: str, args: bytes, timeout: float) -> bytes:
         self.error_message = self.abi_error = None
         self.plugin.engine.arm(self.store, timeout)
+        with entered(self):
+            return self._call(function, args)
+
+    def _call(self, function: str, args: bytes) -> bytes:
         fn = function.encode()
         fp = self._put(fn, "the function name", function)
         ap = self._put(args, "the arguments", function)
@@ -285,7 +299,7 @@ class _Instance:
         return result
 
     def near_memory_limit(self) -> bool:
-        limit = self.plugin.source.manifest.resources.memory_mb * _MIB
+        limit = store_limits(self.plugin.source.manifest.resources.memory_mb)[0]
         try:
             return self.memory.data_len(self.store) + _PAGE > limit
         except Exception:
@@ -399,6 +413,11 @@ class WasmPlugin(PluginBase):
 
     def _call_error(self, exc: BaseException, inst: _Instance | None, function: str,
                     limit: float) -> PlughostError:
+        if isinstance(exc, wasmtime.Trap) and exc.trap_code == wasmtime.TrapCode.INTERRUPT:
+            # First: a deadline that ran out during a host call is a timeout, whatever
+            # the import recorded while it was being cut short.
+            return PluginTimeout(f"call exceeded its deadline of {limit * 1000:.0f} ms",
+                                 plugin=self.name, function=function)
         if inst is not None and inst.abi_error is not None:
             # the instance's own record beats whatever exception surfaced
             return PluginABIError(inst.abi_error, plugin=self.name, function=function)
@@ -407,9 +426,6 @@ class WasmPlugin(PluginBase):
         if isinstance(exc, _ABIViolation):
             return PluginABIError(str(exc), plugin=self.name, function=function)
         if isinstance(exc, wasmtime.Trap):
-            if exc.trap_code == wasmtime.TrapCode.INTERRUPT:
-                return PluginTimeout(f"call exceeded its deadline of {limit * 1000:.0f} ms",
-                                     plugin=self.name, function=function)
             if inst is not None and inst.near_memory_limit():
                 return PluginResourceError(
                     f"trapped at the memory limit of "

@@ -24,7 +24,9 @@ import wasmtime
 logger = logging.getLogger(__name__)
 
 _MAGIC = b"PLUGHOST-CWASM-1\n"
-_MEMORY_ENTRIES = 64
+# Compiled modules kept in memory: each holds its code and a memory image (an fd), so
+# a reload-heavy host keeps only the last few; the disk cache serves the rest.
+_MEMORY_ENTRIES = 8
 _DIGEST = 32
 
 
