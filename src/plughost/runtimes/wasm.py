@@ -111,6 +111,10 @@ class _ABIViolation(Exception):
     """Raised inside a host import when the plugin hands over a bad pointer/length."""
 
 
+class _HostFailure(Exception):
+    """A host function failed in a way it should not have (a host bug, not the plugin's)."""
+
+
 def _memory(caller: wasmtime.Caller | wasmtime.Instance, store: Any) -> wasmtime.Memory:
     mem = caller.get("memory") if isinstance(caller, wasmtime.Caller) else \
         caller.exports(store).get("memory")
@@ -161,6 +165,7 @@ class _Instance:
         self.plugin = plugin
         self.error_message: str | None = None  # set by gk.error during a call
         self.abi_error: str | None = None  # set by an import that met a bad pointer
+        self.host_error: str | None = None  # set when a host function failed unexpectedly
         engine = plugin.engine
         self.store = wasmtime.Store(engine.engine)
         memory, tables, elements = store_limits(plugin.source.manifest.resources.memory_mb)
@@ -194,6 +199,10 @@ class _Instance:
     def violation(self, message: str) -> None:
         if self.abi_error is None:
             self.abi_error = message
+
+    def host_failure(self, message: str) -> None:
+        if self.host_error is None:
+            self.host_error = message
 
     def host_call(self, caller: wasmtime.Caller, fp: int, fl: int, ap: int, al: int) -> int:
         try:
@@ -247,6 +256,8 @@ class _Instance:
     def _check_abi(self) -> None:
         if self.abi_error is not None:
             raise _ABIViolation(self.abi_error)
+        if self.host_error is not None:
+            raise _HostFailure(self.host_error)
 
     def _result(self, packed: int, what: str) -> tuple[bytes, int]:
         """Copy a packed result out of plugin memory; returns (bytes, pointer)."""
@@ -275,7 +286,7 @@ class _Instance:
         return raw
 
     def call(self, function: str, args: bytes, timeout: float) -> bytes:
-        self.error_message = self.abi_error = None
+        self.error_message = self.abi_error = self.host_error = None
         self.plugin.engine.arm(self.store, timeout)
         with entered(self):
             return self._call(function, args)
@@ -421,6 +432,9 @@ class WasmPlugin(PluginBase):
         if inst is not None and inst.abi_error is not None:
             # the instance's own record beats whatever exception surfaced
             return PluginABIError(inst.abi_error, plugin=self.name, function=function)
+        if inst is not None and inst.host_error is not None:
+            return PluginCallError(f"host error during the call: {inst.host_error}",
+                                   plugin=self.name, function=function)
         if isinstance(exc, PlughostError):
             return exc
         if isinstance(exc, _ABIViolation):

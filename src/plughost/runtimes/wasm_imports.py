@@ -11,7 +11,7 @@ Two wasmtime-py facts shape this module:
   runs the callee inside the caller's host call), so the top of the stack is the caller.
 * An exception raised by a host function is carried back through a process-global slot,
   which a concurrent call on another store can pick up as its own. So these functions
-  never raise: every failure is recorded on the instance (`violation`) and the function
+  never raise: every failure is recorded on the instance (`host_failure`) and the function
   returns a neutral value; the call fails with the record once control is back.
 """
 
@@ -56,6 +56,8 @@ class ImportTarget(Protocol):
 
     def violation(self, message: str) -> None: ...
 
+    def host_failure(self, message: str) -> None: ...
+
 
 _active = threading.local()
 
@@ -88,7 +90,7 @@ def _guarded(name: str, neutral: Any, caller: wasmtime.Caller, *args: int) -> An
     except BaseException as exc:  # nothing may cross into wasmtime-py
         try:
             logger.debug("gk.%s failed", name, exc_info=True)
-            target.violation(f"host error in gk.{name}: {type(exc).__name__}: {exc}")
+            target.host_failure(f"gk.{name}: {type(exc).__name__}: {exc}")
         except BaseException:  # the record itself failed: stay neutral
             pass
         return neutral
