@@ -37,9 +37,10 @@ from ..plugin import Kind, PluginSource
 from ..registration import parse_registration
 from .base import PluginBase
 from .pool import Pool, PoolClosed
-from .wasm_abi import MASK32, MASK64, check_module, pack, unpack
+from .wasm_abi import MASK32, MASK64, WASI_MODULE, check_module, pack, unpack
 from .wasm_cache import ModuleCache, default_cache_dir
 from .wasm_imports import define_imports, entered, store_limits
+from .wasm_output import Channel, OutputPump
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class WasmEngine:
         self._ticker: threading.Thread | None = None
         self._lock = threading.Lock()
         self._linker: wasmtime.Linker | None = None
+        self.output = OutputPump()
 
     def linker(self) -> wasmtime.Linker:
         """The one linker of this engine: WASI and the gk imports, defined once.
@@ -173,8 +175,9 @@ class _Instance:
         self.store.set_limits(memory_size=memory, memories=1, tables=tables,
                               table_elements=elements, instances=1)
         wasi = wasmtime.WasiConfig()  # nothing granted: no dirs, no env, no args
-        wasi.stdout_custom = plugin.stdout.write
-        wasi.stderr_custom = plugin.stderr.write
+        if plugin.stdout is not None and plugin.stderr is not None:
+            wasi.stdout_file = plugin.stdout.path  # a pipe: see wasm_output.py
+            wasi.stderr_file = plugin.stderr.path
         self.store.set_wasi(wasi)
         engine.arm(self.store, plugin.call_timeout)
         with entered(self):  # instantiation and _initialize may already call imports
@@ -333,8 +336,12 @@ class WasmPlugin(PluginBase):
         self.engine = engine
         self.module = module
         self.host = host
-        self.stdout = LineWriter(log, "stdout")
-        self.stderr = LineWriter(log, "stderr", logging.WARNING)
+        # Output pipes only for modules that can write (most gk modules cannot).
+        writes = any(i.module == WASI_MODULE and i.name == "fd_write" for i in module.imports)
+        self.stdout: Channel | None = engine.output.open(LineWriter(log, "stdout")) \
+            if writes else None
+        self.stderr: Channel | None = engine.output.open(
+            LineWriter(log, "stderr", logging.WARNING)) if writes else None
         res = source.manifest.resources
         self._max = res.max_instances
         self._pool: Pool[_Instance] = Pool(res.max_instances, self._new_instance)
@@ -382,12 +389,16 @@ class WasmPlugin(PluginBase):
         finally:
             held.discard(id(self))
             self._release(inst, healthy)
+            if self.stdout is not None and self.stderr is not None:
+                self.stdout.drain()
+                self.stderr.drain()
 
     def shutdown(self) -> None:
         self._closed = True
         self._pool.close()  # idle instances (and their stores) are dropped with it
-        self.stdout.flush()
-        self.stderr.flush()
+        for channel in (self.stdout, self.stderr):
+            if channel is not None:
+                channel.close()
 
     # -- pool ----------------------------------------------------------------------------
 
