@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .discovery import Found, bare_manifest
 from .errors import ManifestError, PluginLoadError, SignatureError
+from .leftovers import owned_dir
 from .manifest import LoadedManifest, load_manifest
 from .packaging import PackageLimits, extract
 from .plugin import PluginSource
@@ -68,8 +69,8 @@ class Stager:
 
     def _private(self, name: str, tag: str) -> Path:
         with self._lock:
-            if self._root is None:
-                self._root = Path(tempfile.mkdtemp(prefix="plughost-"))
+            if self._root is None:  # swept by the next host if this one dies uncleanly
+                self._root = owned_dir("plughost")
         return Path(tempfile.mkdtemp(prefix=f"{name}-{tag[:12]}-", dir=self._root))
 
     def close(self) -> None:

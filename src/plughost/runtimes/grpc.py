@@ -36,6 +36,7 @@ from ..errors import (
 )
 from ..host import HostFunctions, chain, context_for
 from ..host.service import HostServer
+from ..leftovers import owned_dir
 from ..logs import PluginLog
 from ..plugin import Kind, PluginSource
 from ..proto import CHANNEL_OPTIONS
@@ -72,34 +73,6 @@ def _socket_root() -> str:
     return tmp if len(tmp) <= 40 else "/tmp"
 
 
-_swept = False
-
-
-def _sweep_stale_dirs(root: str) -> None:
-    """Remove socket dirs left by hosts of ours that died without cleaning up (SIGKILL)."""
-    global _swept
-    if _swept:
-        return
-    _swept = True
-    try:
-        entries = os.scandir(root)
-    except OSError:
-        return
-    with entries:
-        for e in entries:
-            parts = e.name.split("-")
-            if len(parts) < 3 or parts[0] != "ph" or not parts[1].isdigit():
-                continue
-            try:
-                if e.stat(follow_symlinks=False).st_uid != os.getuid():
-                    continue
-                os.kill(int(parts[1]), 0)  # that host still runs: leave it alone
-            except ProcessLookupError:
-                shutil.rmtree(e.path, ignore_errors=True)
-            except OSError:
-                continue
-
-
 class GrpcPlugin(PluginBase):
     """A loaded out-of-process plugin. Thread-safe; calls run concurrently."""
 
@@ -117,9 +90,8 @@ class GrpcPlugin(PluginBase):
         self._gen = 0
         self._crashes: deque[float] = deque()
         self._conn: _Connection | None = None
-        root = _socket_root()
-        _sweep_stale_dirs(root)
-        self._dir = tempfile.mkdtemp(prefix=f"ph-{os.getpid()}-", dir=root)
+        # named after this host, so the next host removes it if we die uncleanly
+        self._dir = str(owned_dir("ph", _socket_root()))
         os.chmod(self._dir, 0o700)
         try:
             self._token = secrets.token_hex(16)
