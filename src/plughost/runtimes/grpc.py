@@ -43,7 +43,7 @@ from ..proto import CHANNEL_OPTIONS
 from ..proto.plughost.v1 import plugin_pb2 as pb
 from ..proto.plughost.v1 import plugin_pb2_grpc as pb_grpc
 from ..registration import parse_registration
-from .base import PluginBase
+from .base import PluginBase, deadline_text
 from .process import ChildProcess
 
 logger = logging.getLogger(__name__)
@@ -329,7 +329,7 @@ class GrpcPlugin(PluginBase):
     def _rpc_error(self, exc: grpc.RpcError, function: str, limit: float) -> PlughostError:
         code = exc.code()
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return PluginTimeout(f"call exceeded its deadline of {limit * 1000:.0f} ms",
+            return PluginTimeout(f"call exceeded its deadline of {deadline_text(limit)}",
                                  plugin=self.name, function=function)
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
             return PluginResourceError(f"message too large or plugin overloaded: "

@@ -35,7 +35,7 @@ from ..host import HostFunctions, context_for
 from ..logs import GK_LEVELS, LineWriter, PluginLog
 from ..plugin import Kind, PluginSource
 from ..registration import parse_registration
-from .base import PluginBase
+from .base import PluginBase, deadline_text
 from .pool import Pool, PoolClosed
 from .wasm_abi import MASK32, MASK64, WASI_MODULE, check_module, pack, unpack
 from .wasm_cache import ModuleCache, default_cache_dir
@@ -438,7 +438,7 @@ class WasmPlugin(PluginBase):
         if isinstance(exc, wasmtime.Trap) and exc.trap_code == wasmtime.TrapCode.INTERRUPT:
             # First: a deadline that ran out during a host call is a timeout, whatever
             # the import recorded while it was being cut short.
-            return PluginTimeout(f"call exceeded its deadline of {limit * 1000:.0f} ms",
+            return PluginTimeout(f"call exceeded its deadline of {deadline_text(limit)}",
                                  plugin=self.name, function=function)
         if inst is not None and inst.abi_error is not None:
             # the instance's own record beats whatever exception surfaced
