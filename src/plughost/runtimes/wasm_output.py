@@ -29,22 +29,42 @@ class Channel:
     its own descriptor, so the reader sees end-of-file only when the channel is closed
     *and* every store that opened it is gone."""
 
-    def __init__(self, pump: OutputPump, writer: LineWriter) -> None:
-        self._pump = pump
+    def __init__(self, writer: LineWriter) -> None:
         self.writer = writer
         read, self._write = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(read, False)
         self.read_fd = read
         self.path = f"/proc/self/fd/{self._write}"
-        self.lock = threading.Lock()  # one reader at a time keeps the bytes in order
-        self.ended = False
+        self._lock = threading.Lock()  # one reader at a time keeps the bytes in order
 
-    def drain(self) -> None:
-        """Take what is in the pipe now, on the calling thread: after a call returns, its
-        output is in the log (wasmtime has written it before fd_write returned)."""
-        with self.lock:
-            while not self.ended and self._pump.read_once(self):
-                pass
+    def drain(self) -> bool:
+        """Take what is in the pipe now: after a call returns, its output is in the log
+        (wasmtime has written it before fd_write returned). False at end of file, which
+        only the pump acts on (it owns the selector)."""
+        with self._lock:
+            while self.read_fd >= 0:
+                try:
+                    data = os.read(self.read_fd, CHUNK)
+                except BlockingIOError:
+                    return True
+                except OSError as exc:
+                    logger.warning("wasm output pipe failed: %s", exc)
+                    return False
+                if not data:
+                    return False
+                try:
+                    self.writer.write(data)
+                except Exception:  # a log handler failed: keep the pipe flowing
+                    logger.exception("could not record wasm output")
+            return False
+
+    def end(self) -> None:
+        """Close the read end (the pump, at end of file); later drains do nothing."""
+        with self._lock:
+            fd, self.read_fd = self.read_fd, -1
+        if fd >= 0:
+            os.close(fd)
+        self.writer.flush()
 
     def close(self) -> None:
         """No new stores will open the pipe; what is in it is taken now (the last partial
@@ -68,7 +88,7 @@ class OutputPump:
         self._pending: list[Channel] = []
 
     def open(self, writer: LineWriter) -> Channel:
-        channel = Channel(self, writer)
+        channel = Channel(writer)
         with self._lock:
             self._pending.append(channel)
             if self._thread is None:
@@ -83,9 +103,8 @@ class OutputPump:
             for key, _ in self._sel.select():
                 if key.data is None:
                     self._adopt()
-                else:
-                    with key.data.lock:
-                        self.read_once(key.data)
+                elif not key.data.drain():
+                    self._end(key.data)
 
     def _adopt(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -95,26 +114,7 @@ class OutputPump:
         for channel in pending:
             self._sel.register(channel.read_fd, selectors.EVENT_READ, channel)
 
-    def read_once(self, channel: Channel) -> bool:
-        """One bounded read (channel lock held); True when there may be more."""
-        if channel.ended:
-            return False
-        try:
-            data = os.read(channel.read_fd, CHUNK)
-        except BlockingIOError:
-            return False
-        except OSError as exc:
-            logger.warning("wasm output pipe failed: %s", exc)
-            data = b""
-        if data:
-            try:
-                channel.writer.write(data)
-            except Exception:  # a log handler failed: keep reading the other pipes
-                logger.exception("could not record wasm output")
-            return True
-        # end of file: the channel is closed and every store that opened it is gone
-        channel.ended = True
+    def _end(self, channel: Channel) -> None:
+        # the channel is closed and every store that opened it is gone
         self._sel.unregister(channel.read_fd)
-        os.close(channel.read_fd)
-        channel.writer.flush()
-        return False
+        channel.end()
