@@ -102,7 +102,7 @@ def test_replace_drains_in_flight_calls_on_the_old_version(
     assert isinstance(outcome["loop"], PluginTimeout)
     assert manager.get("slow") is new
     assert manager.call("slow", "count") == 1
-    assert [e.kind for e in events] == ["reload"]
+    assert [e.kind for e in events] == ["call_error", "reload"]  # the timeout, then the swap
 
 
 def test_replace_keeps_disabled_state_and_registers_when_absent(

@@ -36,7 +36,7 @@ from plughost import (
     Manager,
     PlughostError,
     PluginCallError,
-    PluginNotFound,
+    PluginUnavailable,
     SignatureError,
 )
 from plughost.cli import app
@@ -250,8 +250,9 @@ def test_bad_signature_is_refused_and_nothing_runs(
     assert needle in str(err)
     assert count == 1 and manager.names() == ["ok"]
     assert manager.get("p") is None
-    with pytest.raises(PluginNotFound):
+    with pytest.raises(PluginUnavailable, match="discovered but failed to load") as info:
         manager.call("p", "version")
+    assert needle in str(info.value)
     assert started(markers, "p") == []  # no process was ever started
     # every explicit load path refuses it the same way
     for attempt in (loader.ensure_loaded, loader.load_or_reload, loader.reload):

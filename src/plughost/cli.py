@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .errors import PlughostError
 from .loader import Loader
@@ -35,7 +36,11 @@ DirArg = Annotated[Path, typer.Argument(help="Plugin directory.")]
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    """Print one error line and return the exit to raise. The message is plain text (a
+    path or a plugin's error may hold `[...]`, which Rich would read as markup) and is not
+    wrapped at the terminal width, so scripts and logs get it whole."""
+    line = Text.assemble(("error:", "bold red"), " ", message)
+    err.print(line, highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -54,7 +59,10 @@ def list_cmd(directory: DirArg = Path("plugins"),
              as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts.")] = False,
              load: Annotated[bool, typer.Option(help="Load each plugin to check it.")] = True,
              ) -> None:
-    """List the plugins in DIRECTORY: name, type, version, state and any error."""
+    """List the plugins in DIRECTORY: name, type, version, state and any error.
+
+    Exits 1 when any plugin is broken or failed to load (after printing the whole list).
+    """
     manager = Manager()
     loader: Loader | None = None
     try:
@@ -76,17 +84,24 @@ def list_cmd(directory: DirArg = Path("plugins"),
         if loader is not None:
             loader.close()
         manager.close()
+    failed = sum(r["state"] == "error" for r in rows)
     if as_json:
         print(json.dumps(rows, indent=2))
-        return
-    table = Table(title=f"plugins in {directory}")
-    for col in ("name", "type", "version", "state", "path / error"):
-        table.add_column(col, overflow="fold")
-    for r in rows:
-        state = {"loaded": "[green]loaded[/]", "error": "[red]error[/]"}.get(r["state"],
-                                                                            r["state"])
-        table.add_row(r["name"], r["type"], r["version"], state, r["error"] or r["path"])
-    out.print(table)
+    else:
+        # Every cell is Text: names, paths and errors come from files and plugins, so
+        # they are never read as Rich markup.
+        table = Table(title=Text(f"plugins in {directory}"))
+        for col in ("name", "type", "version", "state", "path / error"):
+            table.add_column(col, overflow="fold")
+        for r in rows:
+            style = {"loaded": "green", "error": "red"}.get(r["state"], "")
+            table.add_row(Text(r["name"]), Text(r["type"]), Text(r["version"]),
+                          Text(r["state"], style=style), Text(r["error"] or r["path"]))
+        out.print(table)
+        if failed:
+            err.print(Text(f"{failed} of {len(rows)} plugins failed", style="bold red"))
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
@@ -33,10 +34,19 @@ from .watch import Watcher
 
 logger = logging.getLogger(__name__)
 
+#: A call to a plugin whose load failed retries the load only after this many seconds, so a
+#: broken plugin under load is not rebuilt (a process started, a module compiled) per call.
+#: Explicit loads, reloads and the watcher always retry at once.
+LOAD_RETRY_AFTER = 5.0
+
 
 @dataclass(frozen=True)
 class DiscoveredPlugin:
-    """A plugin found on disk; `loaded`/`loaded_at` are read from the manager's registry."""
+    """A plugin found on disk; `loaded`/`loaded_at` are read from the manager's registry.
+
+    `error` is why it cannot serve: its discovery error, else its last failed load (while it
+    is not loaded; a version still serving after a failed reload is not an error here).
+    """
 
     name: str
     path: Path
@@ -81,8 +91,9 @@ class Loader:
         self._lock = threading.Lock()
         self._name_locks: dict[str, _NameLock] = {}
         self._watcher: Watcher | None = None
-        if lazy:
-            manager.set_lazy_loader(self)
+        # name -> (the last load failure, monotonic time); cleared by a successful load.
+        self._failures: dict[str, tuple[PlughostError, float]] = {}
+        manager.set_lazy_loader(self)
 
     # -- discovery -----------------------------------------------------------------------
 
@@ -122,15 +133,28 @@ class Loader:
         with self._lock:
             entries = list(self._all) + [f for n, f in self._extra.items()
                                          if all(a.name != n for a in self._all)]
+            failures = {n: e for n, (e, _) in self._failures.items()}
         infos = {i.name: i for i in self.manager.list()}
         out = []
         for f in entries:
             info = infos.get(f.name)
             loaded = info is not None and info.path == str(f.path)
+            error = f.error or (None if loaded else failures.get(f.name))
             out.append(DiscoveredPlugin(
                 f.name, f.path, f.kind, loaded, info.loaded_at if loaded and info else None,
-                f.manifest.manifest if f.manifest else None, f.error, f.warnings))
+                f.manifest.manifest if f.manifest else None, error, f.warnings))
         return out
+
+    def load_failure(self, name: str) -> PlughostError | None:
+        """Why `name` is discovered but not loaded: its discovery error or last failed load."""
+        with self._lock:
+            found = self._found.get(name)
+            failure = self._failures.get(name)
+        if found is not None and found.error is not None:
+            return found.error
+        if failure is None or self.manager.get(name) is not None:
+            return None
+        return failure[0]
 
     def knows(self, name: str) -> bool:
         with self._lock:
@@ -143,6 +167,7 @@ class Loader:
         with self._lock:
             self._found.pop(name, None)
             self._extra.pop(name, None)
+            self._failures.pop(name, None)
             self._all = [f for f in self._all if f.name != name]
 
     # -- loading -------------------------------------------------------------------------
@@ -183,9 +208,26 @@ class Loader:
             plugin = self._build(self._lookup(name))
             try:
                 self.manager.register(plugin)
-            except PlughostError:
+            except PlughostError as exc:
                 self._discard(plugin)
+                self._failed(name, exc)
                 raise
+            self._loaded(name)
+
+    def load_for_call(self, name: str) -> None:
+        """`ensure_loaded` for a call to an unloaded plugin (lazy loading). A load that
+        failed less than `LOAD_RETRY_AFTER` seconds ago is not retried: the call gets
+        `PluginUnavailable` saying why the load failed."""
+        if not self.lazy:  # plugins load at start or when asked, never by a call
+            cause = self.load_failure(name)
+            if cause is not None:
+                raise _unavailable(name, cause)
+            raise PluginNotFound("is discovered but not loaded", plugin=name)
+        with self._lock:
+            failure = self._failures.get(name)
+        if failure is not None and time.monotonic() - failure[1] < LOAD_RETRY_AFTER:
+            raise _unavailable(name, failure[0])
+        self.ensure_loaded(name)
 
     def load_wasm(self, name: str) -> None:
         """Load the discovered wasm plugin `name`."""
@@ -236,9 +278,11 @@ class Loader:
                 raise
             try:
                 self.manager.replace(plugin)
-            except PlughostError:
+            except PlughostError as exc:
                 self._discard(plugin)
+                self._failed(name, exc)
                 raise
+            self._loaded(name)
 
     def load_or_reload(self, name: str) -> None:
         """Rescan first (so a plugin added since start is found), then load or reload."""
@@ -286,6 +330,7 @@ class Loader:
                 with suppress(PlughostError):
                     self.unload(name)
         self.stager.close()
+        self.manager.set_lazy_loader(None)
         if self._own_engine:
             self.engine.close()
 
@@ -346,6 +391,14 @@ class Loader:
             finally:
                 nl.owner = None
 
+    def _failed(self, name: str, exc: PlughostError) -> None:
+        with self._lock:
+            self._failures[name] = (exc, time.monotonic())
+
+    def _loaded(self, name: str) -> None:
+        with self._lock:
+            self._failures.pop(name, None)
+
     @staticmethod
     def _discard(plugin: Plugin) -> None:
         """Shut down a built plugin the registry refused, and remove its private copy."""
@@ -384,15 +437,25 @@ class Loader:
                 if source.private_dir is not None:
                     shutil.rmtree(source.private_dir, ignore_errors=True)
                 raise
-        except PlughostError as exc:
-            log.error(f"load failed: {exc}", source="host")
+        except Exception as exc:
+            if not isinstance(exc, PlughostError):  # a bug of ours is still this plugin's
+                logger.exception("unexpected error loading %s", found.name)
+                exc = PluginLoadError(f"unexpected error: {exc!r}", plugin=found.name,
+                                      path=found.path)
+            log.error(f"load failed: {exc.message}", source="host")
             self.manager.emit("error", found.name, str(exc))
-            raise
+            self._failed(found.name, exc)
+            raise exc from None
         log.info(f"loaded version {plugin.registration.version} from {found.path}",
                  source="host")
         if staged.note:
             log.warning(staged.note, source="host")
         return plugin
+
+
+def _unavailable(name: str, cause: PlughostError) -> PluginUnavailable:
+    return PluginUnavailable(f"discovered but failed to load: {cause.message}", plugin=name,
+                             path=cause.path)
 
 
 def _renamed(found: Found, name: str) -> Found:

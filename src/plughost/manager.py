@@ -39,11 +39,12 @@ logger = logging.getLogger(__name__)
 
 
 class LazyLoader(Protocol):
-    """What the manager needs from a loader to load a plugin on its first call."""
+    """What the manager needs from a loader when a call names a plugin it has not loaded."""
 
     def knows(self, name: str) -> bool: ...
 
-    def ensure_loaded(self, name: str) -> None: ...
+    def load_for_call(self, name: str) -> None:
+        """Load `name` (lazy loading) or raise why it cannot serve (its load failed)."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,8 @@ class PluginInfo:
 
 @dataclass(frozen=True)
 class Event:
-    """A lifecycle change: kind is load | unload | reload | enable | disable | error."""
+    """A lifecycle change: kind is load | unload | reload | enable | disable | error |
+    crash | restart | failed | call_error (a call failed; detail says why)."""
 
     kind: str
     plugin: str
@@ -264,6 +266,8 @@ class Manager:
     # -- calls ---------------------------------------------------------------------------
 
     def set_lazy_loader(self, loader: LazyLoader | None) -> None:
+        """The loader asked when a call names a plugin that is not loaded: it loads it
+        (lazy mode) or says why it cannot serve."""
         self._lazy = loader
 
     def _acquire(self, name: str) -> _Entry:
@@ -280,7 +284,7 @@ class Manager:
                     return entry
             lazy = self._lazy
             if attempt == 0 and lazy is not None and lazy.knows(name):
-                lazy.ensure_loaded(name)  # outside the lock: loading runs plugin code
+                lazy.load_for_call(name)  # outside the lock: loading runs plugin code
                 continue
             break
         raise PluginNotFound("no such plugin is loaded or discovered", plugin=name)
@@ -293,14 +297,24 @@ class Manager:
             # A nested call (plugin_call) inherits what is left of its caller's deadline.
             with chain.entered(name, _limit_of(entry.plugin, timeout)) as left:
                 return entry.plugin.call(function, args, timeout=left)
-        except PlughostError:
+        except PlughostError as exc:
+            self._call_failed(name, exc)
             raise
         except Exception as exc:  # a runtime bug still reaches the caller as a typed error
             logger.exception("unexpected error calling %s.%s", name, function)
-            raise PluginCallError(f"unexpected error: {exc!r}", plugin=name,
-                                  function=function) from exc
+            typed = PluginCallError(f"unexpected error: {exc!r}", plugin=name,
+                                    function=function)
+            self._call_failed(name, typed)
+            raise typed from exc
         finally:
             entry.done()
+
+    def _call_failed(self, name: str, exc: PlughostError) -> None:
+        """A failed call is a line in the plugin's log and a `call_error` event, so the
+        operator sees it where they look for the plugin's health, not only the caller."""
+        reason = f"{type(exc).__name__}: {exc.message}"
+        self.log_for(name).error(f"call failed: {reason}", source="host")
+        self._emit(Event("call_error", name, detail=reason))
 
     def call(self, name: str, function: str, args: Any = None, *,
              timeout: float | None = None) -> Any:

@@ -194,14 +194,15 @@ async def plugin_route(request: Request) -> Response:
     name = request.path_params["name"]
     path = "/" + request.path_params.get("path", "")
     plugin = st.manager.get(name)
-    if plugin is None and st.loader.lazy and st.loader.knows(name):
-        try:
-            await st.loader.aensure_loaded(name)
+    if plugin is None and st.loader.knows(name):
+        try:  # loads it (lazy) or says why it is not serving (its load failed)
+            await st.manager.run_blocking(st.loader.load_for_call, name)
         except PlughostError as exc:
             return _failed(st, name, exc, 500)
         plugin = st.manager.get(name)
     if plugin is None:
-        return error_response(PluginNotFound("not loaded", plugin=name))
+        return error_response(PluginNotFound("no such plugin is loaded or discovered",
+                                             plugin=name))
     route, params, allowed = match_route(plugin.registration.routes, request.method, path)
     if route is None:
         if allowed:

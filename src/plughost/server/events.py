@@ -22,7 +22,7 @@ from starlette.types import Receive, Scope, Send
 from ..manager import Event, Manager
 
 #: Event kinds whose detail is remembered as the plugin's last error.
-ERROR_KINDS = frozenset({"error", "crash", "failed"})
+ERROR_KINDS = frozenset({"error", "crash", "failed", "call_error"})
 #: Event kinds after which the plugin's last error is forgotten (a new version serves).
 RECOVERY_KINDS = frozenset({"load", "reload"})
 
