@@ -251,7 +251,9 @@ def test_invalid_names_are_errors(tmp_path: Path, bad: str) -> None:
 def test_empty_name_is_an_error(tmp_path: Path) -> None:
     pdir = plugin_dir(tmp_path, "okdir")
     write_manifest(pdir, "name: ''\nruntime: wasm\n")
-    check_error(load_error(pdir), pdir, field="name", plugin="", says=("valid plugin name",))
+    # the error still names the plugin: by its directory
+    check_error(load_error(pdir), pdir, field="name", plugin="okdir",
+                says=("valid plugin name",))
 
 
 @pytest.mark.parametrize("content", ["name: 5\nruntime: wasm\n", "name: null\nruntime: wasm\n",
@@ -527,7 +529,8 @@ def test_directory_where_a_file_is_expected_is_an_error(tmp_path: Path, field: s
                                                         rel: str) -> None:
     pdir = plugin_dir(tmp_path, files=("sub/inner",))
     write_manifest(pdir, _entry_manifest(field, rel))
-    check_error(load_error(pdir), pdir, field=field, plugin="demo", says=("not a file",))
+    check_error(load_error(pdir), pdir, field=field, plugin="demo",
+                says=("is a directory, not a regular file",))
 
 
 @pytest.mark.parametrize("binary", [None, ""])

@@ -3,22 +3,28 @@
 - A directory holding plugin.yaml is one plugin and owns its whole subtree.
 - Any other `<name>.wasm` is a wasm plugin named by its file; `<name>.zip` a package.
 - Hidden entries and editors' temp files are skipped.
-- Problems (a broken manifest, a bad name, two plugins with one name) are recorded on the
-  entry, never skipped silently.
+- Problems (a broken manifest, a bad name, two plugins with one name, a FIFO where a file
+  belongs) are recorded on the entry, never skipped silently. Whatever goes wrong with one
+  entry, even an exception nobody foresaw, is that entry's error: the scan goes on.
 """
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import yaml
-
 from .errors import ManifestError, PlughostError, PluginLoadError
+from .inputs import MANIFEST_MAX_BYTES, MODULE_MAX_BYTES, check_regular, describe, read_regular
 from .manifest import MANIFEST_FILE, LoadedManifest, Manifest, is_valid_name, load_manifest
 from .plugin import Kind
+from .yaml_input import load_yaml
+
+logger = logging.getLogger(__name__)
 
 _TEMP_SUFFIXES = (".swp", ".swx", ".swo", ".tmp", ".temp", ".part", ".crdownload", ".bak",
                   ".orig", ".rej", "~")
@@ -47,7 +53,7 @@ def scan(root: Path) -> list[Found]:
     found: list[Found] = []
     root = Path(root)
     if (root / MANIFEST_FILE).is_file():
-        found.append(_plugin_dir(root))
+        found.append(_guarded(root, root.name, _plugin_dir))
     else:
         _walk(root, found)
     return _mark_duplicates(found)
@@ -68,14 +74,35 @@ def _walk(directory: Path, out: list[Found]) -> None:
             continue
         if is_dir:
             sub = Path(e.path)
-            if os.path.isfile(os.path.join(e.path, MANIFEST_FILE)):
-                out.append(_plugin_dir(sub))
+            if os.path.lexists(os.path.join(e.path, MANIFEST_FILE)):
+                out.append(_guarded(sub, sub.name, _plugin_dir))
             else:
                 _walk(sub, out)
         elif e.name.endswith(".wasm"):
-            out.append(single_file(Path(e.path), e.name[:-5], "wasm"))
+            out.append(_guarded(Path(e.path), e.name[:-5], _module_file))
         elif e.name.endswith(".zip"):
-            out.append(_package(Path(e.path), e.name[:-4]))
+            out.append(_guarded(Path(e.path), e.name[:-4], _package))
+
+
+def _guarded(path: Path, name: str, read: Callable[[Path, str], Found]) -> Found:
+    """One entry's discovery; any exception is that entry's error, never the scan's."""
+    try:
+        return read(path, name)
+    except Exception as exc:
+        logger.exception("unexpected error discovering %s", path)
+        return Found(name, path, "wasm", error=PluginLoadError(
+            f"cannot be discovered: {type(exc).__name__}: {exc}", plugin=name, path=path))
+
+
+def _module_file(path: Path, name: str) -> Found:
+    found = single_file(path, name, "wasm")
+    if found.error is None:
+        try:
+            check_regular(path)
+        except OSError as exc:  # a FIFO, socket, device or a symlink to one
+            return replace(found, error=PluginLoadError(describe(exc), plugin=name,
+                                                        path=path))
+    return found
 
 
 def single_file(path: Path, name: str, kind: Kind) -> Found:
@@ -93,22 +120,32 @@ def _package(path: Path, name: str) -> Found:
     if found.error is not None:
         return found
     try:
-        with zipfile.ZipFile(path) as zf:
+        with zipfile.ZipFile(io.BytesIO(read_regular(path, MODULE_MAX_BYTES))) as zf:
             info = zf.getinfo("plugin.yaml")
-            if info.file_size > 256 * 1024:
+            if info.file_size > MANIFEST_MAX_BYTES:
                 raise ValueError("plugin.yaml is too large")
-            data = yaml.safe_load(zf.read(info))
+            with zf.open(info) as f:
+                text = f.read(MANIFEST_MAX_BYTES + 1)  # the header's size may lie
+            if len(text) > MANIFEST_MAX_BYTES:
+                raise ValueError("plugin.yaml is too large")
+        data = load_yaml(text.decode("utf-8"), plugin=name, path=path)
         runtime = data.get("runtime") if isinstance(data, dict) else None
         if runtime is None and isinstance(data, dict) and "binary" in data:
             runtime = "grpc"
-    except (OSError, KeyError, ValueError, RuntimeError, NotImplementedError,
-            zipfile.BadZipFile, yaml.YAMLError) as exc:  # corrupt, encrypted, exotic
+    except ManifestError as exc:
         return replace(found, error=PluginLoadError(
-            f"package has no readable plugin.yaml ({exc})", plugin=name, path=path))
+            f"package's plugin.yaml: {exc.message}", plugin=name, path=path))
+    except OSError as exc:
+        return replace(found, error=PluginLoadError(
+            f"package cannot be read: {describe(exc)}", plugin=name, path=path))
+    except Exception as exc:  # corrupt, encrypted, exotic: whatever zipfile and zlib raise
+        return replace(found, error=PluginLoadError(
+            f"package has no readable plugin.yaml ({type(exc).__name__}: {exc})",
+            plugin=name, path=path))
     return replace(found, kind="grpc" if runtime == "grpc" else "wasm")
 
 
-def _plugin_dir(path: Path) -> Found:
+def _plugin_dir(path: Path, name: str | None = None) -> Found:
     try:
         lm = load_manifest(path)
     except ManifestError as exc:

@@ -15,11 +15,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ManifestError
+from .inputs import MANIFEST_MAX_BYTES, check_regular, describe, read_regular
+from .yaml_input import compose, load_yaml
 
 MANIFEST_FILE = "plugin.yaml"
 
-# libyaml's parser when PyYAML has it: ~7x faster, which is most of discovery's cost.
-_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 NAME_PATTERN = r"[a-z0-9][a-z0-9._-]{0,63}"
 _NAME_RE = re.compile(NAME_PATTERN)
 
@@ -127,8 +127,12 @@ def resolve_inside(plugin_dir: Path, rel: str, *, field_name: str, manifest_path
         raise fail(f"{rel!r} is an absolute path; paths must be relative to the plugin dir")
     if ".." in p.parts or ".." in rel.replace("\\", "/").split("/"):
         raise fail(f"{rel!r} contains '..'; paths must stay inside the plugin dir")
-    root = plugin_dir.resolve()
-    target = (root / p).resolve()
+    try:
+        root = plugin_dir.resolve()
+        target = (root / p).resolve()
+    except (OSError, RuntimeError) as exc:  # a name past the OS limit, a symlink loop
+        raise fail(f"{rel[:80]!r} cannot be resolved: "
+                   f"{describe(exc) if isinstance(exc, OSError) else exc}") from None
     if not target.is_relative_to(root):
         raise fail(f"{rel!r} resolves to {target}, outside the plugin dir {root}")
     return target
@@ -170,7 +174,8 @@ def parse_manifest(data: Any, *, plugin_dir: Path, manifest_path: Path) -> Loade
             data["runtime"] = "wasm"
         elif "binary" in data and "wasm" not in data:
             data["runtime"] = "grpc"
-    plugin = data["name"] if isinstance(data["name"], str) else default_name
+    # errors name the plugin by its declared name, or by its dir when that is empty
+    plugin = data["name"] if isinstance(data["name"], str) and data["name"] else default_name
     try:
         m = Manifest.model_validate(data)
     except ValidationError as exc:
@@ -194,9 +199,14 @@ def parse_manifest(data: Any, *, plugin_dir: Path, manifest_path: Path) -> Loade
         rel, field_name = m.binary, "binary"
     entry = resolve_inside(plugin_dir, rel, field_name=field_name,
                            manifest_path=manifest_path, plugin=m.name)
-    if not entry.is_file():
-        raise ManifestError(f"{rel!r} does not exist or is not a file", plugin=m.name,
-                            path=manifest_path, field=field_name)
+    try:
+        check_regular(entry)
+    except FileNotFoundError:
+        raise ManifestError(f"{rel!r} does not exist", plugin=m.name,
+                            path=manifest_path, field=field_name) from None
+    except OSError as exc:  # a directory, FIFO, device, a name too long...
+        raise ManifestError(f"{rel[:80]!r} {describe(exc)}", plugin=m.name,
+                            path=manifest_path, field=field_name) from None
     return LoadedManifest(m, manifest_path, plugin_dir, entry, tuple(warnings))
 
 
@@ -205,7 +215,7 @@ def _keep_version_text(text: str, data: Any) -> None:
     if not isinstance(data, dict) or not isinstance(data.get("version"), int | float) \
             or isinstance(data.get("version"), bool):
         return
-    node = yaml.compose(text, Loader=_Loader)
+    node = compose(text)
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
             if key.value == "version" and isinstance(value, yaml.ScalarNode):
@@ -213,22 +223,22 @@ def _keep_version_text(text: str, data: Any) -> None:
 
 
 def load_manifest(plugin_dir: Path) -> LoadedManifest:
-    """Read and validate `plugin_dir/plugin.yaml`."""
+    """Read and validate `plugin_dir/plugin.yaml` (at most 256 KiB, a regular file)."""
     path = plugin_dir / MANIFEST_FILE
-    if not path.resolve().is_relative_to(plugin_dir.resolve()):
+    try:
+        inside = path.resolve().is_relative_to(plugin_dir.resolve())
+        raw = read_regular(path, MANIFEST_MAX_BYTES) if inside else b""
+    except (OSError, RuntimeError) as exc:
+        why = describe(exc) if isinstance(exc, OSError) else str(exc)
+        raise ManifestError(f"cannot read: {why}", plugin=plugin_dir.name, path=path) from None
+    if not inside:
         raise ManifestError(f"is a symlink to {path.resolve()}, outside the plugin dir",
                             plugin=plugin_dir.name, path=path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"cannot read: {exc}", plugin=plugin_dir.name, path=path) from None
-    try:
-        data = yaml.load(text, Loader=_Loader)  # a safe loader (C or Python)
-        _keep_version_text(text, data)
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ManifestError(f"invalid YAML{at}: {problem}", plugin=plugin_dir.name,
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"cannot read: not UTF-8 text: {exc}", plugin=plugin_dir.name,
                             path=path) from None
+    data = load_yaml(text, plugin=plugin_dir.name, path=path)
+    _keep_version_text(text, data)
     return parse_manifest(data, plugin_dir=plugin_dir, manifest_path=path)

@@ -137,12 +137,20 @@ def extract(data: bytes, dest: Path, *, plugin: str, source: Path,
                             raise refuse(f"entry {info.filename!r} expands more than "
                                          f"{limits.max_ratio:.0f}x (zip bomb?)")
                         out.write(chunk)
-            except (zipfile.BadZipFile, OSError, EOFError, RuntimeError,
-                    NotImplementedError) as exc:  # corrupt, encrypted, unknown compression
-                raise refuse(f"entry {info.filename!r} is corrupt or unreadable ({exc})") from None
+            except PluginLoadError:
+                raise
+            except Exception as exc:  # corrupt deflate (zlib.error), encrypted, unknown
+                raise refuse(f"entry {info.filename!r} is corrupt or unreadable "
+                             f"({type(exc).__name__}: {exc})") from None
         if total > 1024 * 1024 and total > limits.max_ratio * compressed:
             raise refuse(f"expands more than {limits.max_ratio:.0f}x overall (zip bomb?)")
         return dest
+    except PluginLoadError:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    except Exception as exc:  # whatever else a hostile archive makes zipfile raise
+        shutil.rmtree(dest, ignore_errors=True)
+        raise refuse(f"unreadable archive ({type(exc).__name__}: {exc})") from None
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise

@@ -1,8 +1,9 @@
 """The registration: what a plugin says about itself (SPEC 5), for both runtimes.
 
-Parsed once from the JSON a plugin returns (`gk_register` or the `Register` RPC). Unknown
-fields are kept and ignored. The name is checked against the discovered name: identity is
-decided by the host, never self-declared.
+Parsed once from the JSON a plugin returns (`gk_register` or the `Register` RPC), at most
+1 MiB of it; any malformed input (deep nesting, huge numbers, bad UTF-8) is the plugin's
+`ManifestError`. Unknown fields are kept and ignored. The name is checked against the
+discovered name: identity is decided by the host, never self-declared.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ManifestError
+from .inputs import REGISTRATION_MAX_BYTES
 
 
 class _Open(BaseModel):
@@ -68,16 +70,22 @@ def parse_registration(raw: bytes, *, expected_name: str, path: str | None = Non
         return ManifestError(f"registration {problem}", plugin=expected_name, path=path,
                              field=field)
 
+    if len(raw) > REGISTRATION_MAX_BYTES:
+        raise fail(f"is {len(raw)} bytes, over the cap of {REGISTRATION_MAX_BYTES}")
     try:
         data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise fail(f"is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise fail("nests too deeply") from None
+    except ValueError as exc:  # bad JSON, bad UTF-8, a number past Python's digit limit
+        raise fail(f"is not valid JSON: {_short(str(exc))}") from None
     if not isinstance(data, dict):
         raise fail(f"must be a JSON object, got {type(data).__name__}")
     if isinstance(data.get("version"), int | float) and not isinstance(data["version"], bool):
         data["version"] = str(data["version"])
     try:
         reg = Registration.model_validate(data)
+    except RecursionError:
+        raise fail("nests too deeply") from None
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(x) for x in first["loc"])
@@ -86,3 +94,7 @@ def parse_registration(raw: bytes, *, expected_name: str, path: str | None = Non
         raise fail(f"names the plugin {reg.name!r}, but it was discovered as "
                    f"{expected_name!r}; a plugin cannot choose its own identity", field="name")
     return reg
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."

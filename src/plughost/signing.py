@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from .errors import SignatureError
+from .inputs import MODULE_MAX_BYTES, SIGNATURE_MAX_BYTES, describe, read_regular
 
 DIR_SIGNATURE = "plugin.sig"
 SIG_SUFFIX = ".sig"
@@ -168,8 +169,10 @@ def list_directory(root: Path) -> DirectoryListing:
             if not stat.S_ISREG(st.st_mode):
                 raise SignatureError(f"contains {rel}, which is not a regular file; signed "
                                      "plugins cannot", path=full)
-            with open(full, "rb") as f:
-                files[rel] = f.read()
+            try:
+                files[rel] = read_regular(full, MODULE_MAX_BYTES)
+            except OSError as exc:
+                raise SignatureError(f"cannot read {rel}: {describe(exc)}", path=full) from None
     lines = [f"{hashlib.sha256(data).hexdigest()}  {rel}\n" for rel, data in sorted(
         files.items(), key=lambda kv: kv[0].encode())]
     return DirectoryListing("".join(lines).encode(), files)
@@ -213,7 +216,7 @@ def sign_path(path: Path, key: Ed25519PrivateKey) -> Path:
         out.write_text(sign_digest(key, list_directory(path).digest))
     else:
         out = path.with_name(path.name + SIG_SUFFIX)
-        out.write_text(sign_digest(key, file_digest(path.read_bytes())))
+        out.write_text(sign_digest(key, file_digest(read_regular(path, MODULE_MAX_BYTES))))
     return out
 
 
@@ -225,9 +228,9 @@ def verify_path(path: Path, keys: list[Ed25519PublicKey], *, plugin: str | None 
         digest = list_directory(path).digest
     else:
         sig_path = path.with_name(path.name + SIG_SUFFIX)
-        digest = file_digest(path.read_bytes())
+        digest = file_digest(read_regular(path, MODULE_MAX_BYTES))
     try:
-        sig_text = sig_path.read_bytes()
+        sig_text = read_regular(sig_path, SIGNATURE_MAX_BYTES)
     except FileNotFoundError:
         raise SignatureError(f"unsigned: {sig_path.name} not found", plugin=plugin,
                              path=path) from None

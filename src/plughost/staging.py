@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .discovery import Found, bare_manifest
 from .errors import ManifestError, PluginLoadError, SignatureError
+from .inputs import MODULE_MAX_BYTES, SIGNATURE_MAX_BYTES, describe, read_regular
 from .leftovers import owned_dir
 from .manifest import LoadedManifest, load_manifest
 from .packaging import PackageLimits, extract
@@ -114,7 +115,8 @@ class Stager:
             try:
                 try:
                     # symlinks are copied as links, so the check below refuses them
-                    shutil.copytree(found.path, run_dir, symlinks=True)
+                    shutil.copytree(found.path, run_dir, symlinks=True,
+                                    copy_function=_copy_regular)
                 except (shutil.Error, OSError) as exc:  # FIFOs, devices, unreadable files
                     raise SignatureError(f"cannot make a private copy to verify: {exc}",
                                          plugin=found.name, path=found.path) from None
@@ -167,7 +169,7 @@ class Stager:
         if not self.require:
             return
         try:
-            text = sidecar.read_bytes()
+            text = _read_signature(sidecar, found.name, found.path)
         except FileNotFoundError:
             raise SignatureError(f"unsigned: {sidecar.name} not found and signatures are "
                                  "required", plugin=found.name, path=found.path) from None
@@ -176,7 +178,7 @@ class Stager:
     def _check_directory(self, name: str, directory: Path, shown: Path) -> None:
         sig_path = directory / DIR_SIGNATURE
         try:
-            text = sig_path.read_bytes()
+            text = _read_signature(sig_path, name, shown)
         except FileNotFoundError:
             raise SignatureError(f"unsigned: {DIR_SIGNATURE} not found and signatures are "
                                  "required", plugin=name, path=shown) from None
@@ -198,6 +200,27 @@ class Stager:
 
 def _read(path: Path, what: str, plugin: str) -> bytes:
     try:
-        return path.read_bytes()
+        return read_regular(path, MODULE_MAX_BYTES)
     except OSError as exc:
-        raise PluginLoadError(f"cannot read {what}: {exc}", plugin=plugin, path=path) from None
+        raise PluginLoadError(f"cannot read {what}: {describe(exc)}", plugin=plugin,
+                              path=path) from None
+
+
+def _read_signature(path: Path, plugin: str, shown: Path) -> bytes:
+    """A signature file; FileNotFoundError passes through (it means "unsigned")."""
+    try:
+        return read_regular(path, SIGNATURE_MAX_BYTES)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise SignatureError(f"cannot read {path.name}: {describe(exc)}", plugin=plugin,
+                             path=shown) from None
+
+
+def _copy_regular(src: str, dst: str) -> None:
+    """copytree's copy function for private copies: only regular files, read with the
+    input rules (a FIFO or device inside a plugin dir must not block or fill the disk)."""
+    data = read_regular(src, MODULE_MAX_BYTES)
+    with open(dst, "xb") as f:
+        f.write(data)
+    shutil.copymode(src, dst)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import watchfiles
 
 from .discovery import Found, is_ignored
-from .errors import PlughostError
+from .errors import PlughostError, PluginLoadError
 
 if TYPE_CHECKING:
     from .loader import Loader
@@ -215,6 +215,9 @@ class Watcher:
             logger.info("watch: %s %s", what, name)
         except PlughostError as exc:  # the loader already published the error event
             self._report(name, exc, emit=False)
+        except Exception as exc:  # a bug of ours: this plugin's error; the batch goes on
+            logger.exception("watch: %s %s failed", what, name)
+            self._report(name, PluginLoadError(f"unexpected error: {exc!r}", plugin=name))
 
     def _report(self, name: str, exc: PlughostError, *, emit: bool = True) -> None:
         logger.warning("watch: %s: %s", name, exc)
