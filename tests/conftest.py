@@ -13,6 +13,7 @@ import wasmtime
 import yaml
 
 from plughost import Loader, Manager
+from plughost.host import HostSettings
 from plughost.runtimes.wasm import WasmEngine
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -93,3 +94,22 @@ def examples(tmp_path: Path) -> Path:
     dest = tmp_path / "examples"
     shutil.copytree(EXAMPLES, dest)
     return dest
+
+
+MakeHost = Callable[..., Manager]
+
+
+@pytest.fixture
+def hosts(tmp_path: Path) -> Iterator[MakeHost]:
+    """`hosts(host=None, **settings)`: a Manager whose data dir is inside tmp_path."""
+    made: list[Manager] = []
+
+    def make(host: Any = None, **settings: Any) -> Manager:
+        m = Manager(host=host, settings=HostSettings(data_dir=tmp_path / "data", **settings),
+                    drain_timeout=10.0)
+        made.append(m)
+        return m
+
+    yield make
+    for m in made:
+        m.close()

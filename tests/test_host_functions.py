@@ -18,7 +18,7 @@ import re
 import socket
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
@@ -35,30 +35,14 @@ from plughost.host.mail import SMTPSettings
 from plughost.manifest import PERMISSIONS
 from plughost.runtimes.wasm import WasmEngine
 
-from .conftest import WAT, wait_until, write_plugin_dir
+from .conftest import WAT, MakeHost, wait_until, write_plugin_dir
 
 HOST_FIXTURES = Path(__file__).parent / "fixtures" / "host"
 
-MakeHost = Callable[..., Manager]
 
 
 # -- helpers -----------------------------------------------------------------------------
 
-
-@pytest.fixture
-def hosts(tmp_path: Path) -> Iterator[MakeHost]:
-    """`hosts(host=None, **settings)`: a Manager whose data dir is inside tmp_path."""
-    made: list[Manager] = []
-
-    def make(host: Any = None, **settings: Any) -> Manager:
-        m = Manager(host=host, settings=HostSettings(data_dir=tmp_path / "data", **settings),
-                    drain_timeout=10.0)
-        made.append(m)
-        return m
-
-    yield make
-    for m in made:
-        m.close()
 
 
 def load(manager: Manager, plugins: Path, engine: WasmEngine, expected: int) -> Loader:
@@ -418,7 +402,7 @@ def test_cache_set_bad_ttl_or_key_is_refused(plugins: Path, engine: WasmEngine,
 def test_cache_cap_evicts_least_recently_used(plugins: Path, engine: WasmEngine,
                                               hosts: MakeHost) -> None:
     wasm(plugins, "tk", ["cache"])
-    m = hosts(cache_max_entries=2)
+    m = hosts(cache_max_entries=8, cache_plugin_max_entries=2)
     load(m, plugins, engine, 1)
     ok(m, "tk", "cache_set", {"key": "a", "value": 1})
     ok(m, "tk", "cache_set", {"key": "b", "value": 2})
@@ -436,7 +420,7 @@ def test_cache_cap_evicts_least_recently_used(plugins: Path, engine: WasmEngine,
 def test_cache_value_larger_than_the_cap_is_refused(plugins: Path, engine: WasmEngine,
                                                     hosts: MakeHost) -> None:
     wasm(plugins, "tk", ["cache"])
-    m = hosts(cache_max_bytes=100)
+    m = hosts(cache_max_bytes=400, cache_plugin_max_bytes=100)
     load(m, plugins, engine, 1)
     ok(m, "tk", "cache_set", {"key": "small", "value": "x" * 50})
     refused(m, "tk", "cache_set", {"key": "big", "value": "x" * 200}, "cache_set",

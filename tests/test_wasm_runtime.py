@@ -149,7 +149,7 @@ def test_corrupt_module_on_lazy_first_call(plugins: Path, make_loader: MakeLoade
     check_named(info.value, "bad", "bad magic")
     assert manager.call("other", "count") == 1
     # still failing, not "not found"; and not rebuilt per call (retried after a pause)
-    with pytest.raises(PluginUnavailable, match="failed to load: .*bad magic"):
+    with pytest.raises(PluginUnavailable, match=r"failed to load: .*bad magic"):
         manager.call("bad", "count")
     assert manager.call("other", "count") == 2
 

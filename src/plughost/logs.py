@@ -2,6 +2,11 @@
 
 The buffer is what the admin view shows; it belongs to the plugin *name*, so the history
 survives reloads and crashes (that is when you want to read it).
+
+Every way a plugin logs (gk.log, the `log` host function, the grpc Log RPC, stdout and
+stderr) ends in `PluginLog.log`, so the caps live here, once: a message is cut at
+`MAX_MESSAGE_CHARS`, and the buffer holds at most `capacity` lines and `max_chars`
+characters, dropping the oldest first.
 """
 
 from __future__ import annotations
@@ -14,6 +19,10 @@ from dataclasses import dataclass
 from itertools import islice
 
 DEFAULT_CAPACITY = 1000
+#: One log message, at most (longer ones are cut and say by how much).
+MAX_MESSAGE_CHARS = 16 * 1024
+#: One plugin's buffer, at most (the sum of its messages' lengths).
+DEFAULT_MAX_CHARS = 1024 * 1024
 
 #: gk.log levels (SPEC 3) mapped to stdlib levels.
 GK_LEVELS = {0: logging.DEBUG, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR}
@@ -34,18 +43,36 @@ class LogRecord:
 class PluginLog:
     """A bounded, thread-safe log of one plugin, mirrored to `plughost.plugin.<name>`."""
 
-    def __init__(self, name: str, capacity: int = DEFAULT_CAPACITY) -> None:
+    def __init__(self, name: str, capacity: int = DEFAULT_CAPACITY,
+                 max_chars: int = DEFAULT_MAX_CHARS) -> None:
         self.name = name
+        self.max_chars = max_chars
         self._records: deque[LogRecord] = deque(maxlen=capacity)
+        self._chars = 0  # the sum of the messages' lengths in _records
         self._lock = threading.Lock()
         self._logger = logging.getLogger(f"plughost.plugin.{name}")
 
     def log(self, level: int, message: str, source: str = "host") -> None:
         message = message.rstrip("\n")
+        if len(message) > MAX_MESSAGE_CHARS:
+            cut = len(message) - MAX_MESSAGE_CHARS
+            message = f"{message[:MAX_MESSAGE_CHARS]}... [{cut} more characters cut]"
         rec = LogRecord(time.time(), logging.getLevelName(level).lower(), message, source)
         with self._lock:
-            self._records.append(rec)
+            records = self._records
+            if len(records) == records.maxlen:  # the deque drops this one on append
+                self._chars -= len(records[0].message)
+            records.append(rec)
+            self._chars += len(message)
+            while self._chars > self.max_chars and len(records) > 1:
+                self._chars -= len(records.popleft().message)
         self._logger.log(level, "[%s] %s", source, message)
+
+    @property
+    def chars(self) -> int:
+        """Characters held in the buffer now (for tests and metrics)."""
+        with self._lock:
+            return self._chars
 
     def debug(self, message: str, source: str = "host") -> None:
         self.log(logging.DEBUG, message, source)

@@ -50,7 +50,20 @@ class HostSettings:
     http_max_bytes: int = 1024 * 1024
     cache_max_entries: int = 10_000
     cache_max_bytes: int = 16 * 1024 * 1024
+    #: Each plugin's cache quota (None: a quarter of the cache); it evicts only its own keys.
+    cache_plugin_max_entries: int | None = None
+    cache_plugin_max_bytes: int | None = None
+    #: Every cache entry expires; a missing or longer TTL becomes this (seconds).
+    cache_max_ttl: float = 24 * 3600.0
     db_max_rows: int = 10_000
+    #: A db_query result, at most (the JSON-ish size of its values), and one value at most.
+    db_max_result_bytes: int = 8 * 1024 * 1024
+    #: Each plugin's SQLite file, at most.
+    db_max_file_bytes: int = 256 * 1024 * 1024
+    #: send_email: recipients, subject characters and body (text + html) bytes, at most.
+    mail_max_recipients: int = 50
+    mail_max_subject: int = 998
+    mail_max_body_bytes: int = 1024 * 1024
     max_call_depth: int = 8  # plugin_call nesting
 
 
@@ -60,8 +73,13 @@ class DefaultHostAPI:
     def __init__(self, settings: HostSettings | None = None) -> None:
         self.settings = settings or HostSettings()
         s = self.settings
-        self.db = SQLiteDB(s.data_dir / "db", max_rows=s.db_max_rows)
-        self.cache = MemoryCache(s.cache_max_entries, s.cache_max_bytes)
+        self.db = SQLiteDB(s.data_dir / "db", max_rows=s.db_max_rows,
+                           max_result_bytes=s.db_max_result_bytes,
+                           max_file_bytes=s.db_max_file_bytes)
+        self.cache = MemoryCache(s.cache_max_entries, s.cache_max_bytes,
+                                 plugin_max_entries=s.cache_plugin_max_entries,
+                                 plugin_max_bytes=s.cache_plugin_max_bytes,
+                                 max_ttl=s.cache_max_ttl)
         self.http = HttpClient(s.http_timeout, s.http_max_bytes)
         self.mailer = Mailer(s.smtp)
 

@@ -13,6 +13,7 @@ from ..errors import HostCallError, PermissionDenied
 from ..logs import PluginLog
 from ..plugin import PluginSource
 from ..registration import Registration
+from . import chain
 from .api import DefaultHostAPI, HostAPI, HostSettings
 
 if TYPE_CHECKING:
@@ -87,6 +88,12 @@ class HostFunctions:
                 raise PermissionDenied(
                     f"host function {name!r} needs permission {fn.permission!r}, which the "
                     f"manifest does not grant", plugin=ctx.plugin)
+            # The deadline rule for host functions: nothing starts once the call's time is
+            # up (the runtime then ends the call as a PluginTimeout). Backends that wait
+            # (SQLite, HTTP, SMTP) bound their waits by `chain.path().left()`.
+            if chain.path().left() == 0:
+                raise HostCallError(f"{name}: the call's deadline has passed",
+                                    plugin=ctx.plugin)
             try:
                 decoded = json.loads(args) if args.strip() else {}
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -115,12 +122,13 @@ def default_host_functions(api: HostAPI | None = None,
     from . import functions as f
 
     backend: HostAPI = api if api is not None else DefaultHostAPI(settings)
-    depth = (settings or getattr(backend, "settings", None) or HostSettings()).max_call_depth
+    resolved = settings or getattr(backend, "settings", None) or HostSettings()
+    depth = resolved.max_call_depth
     table = HostFunctions(backend)
     table.register("log", f.log, permission="log")
     table.register("config_get", f.config_get, permission="config")
     table.register("translate", f.translate, permission=None)
-    for name, (permission, handler) in f.make_backend_functions(backend).items():
+    for name, (permission, handler) in f.make_backend_functions(backend, resolved).items():
         table.register(name, handler, permission=permission)
     table.register("plugin_call", f.make_plugin_call(table, depth), permission="plugin.call")
     return table

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import HostCallError, PlughostError
 from . import chain
-from .api import HostAPI
+from .api import HostAPI, HostSettings
 from .http import check_url
 
 if TYPE_CHECKING:
@@ -92,8 +92,13 @@ def translate(ctx: HostContext, args: Any) -> str:
     return _PLACEHOLDER.sub(lambda m: str(values[m[1]]) if m[1] in values else m[0], text)
 
 
-def make_backend_functions(api: HostAPI) -> dict[str, tuple[str, Callable[..., Any]]]:
-    """db_*, cache_*, http_request, send_email bound to `api`: name -> (permission, fn)."""
+def make_backend_functions(api: HostAPI, settings: HostSettings | None = None
+                           ) -> dict[str, tuple[str, Callable[..., Any]]]:
+    """db_*, cache_*, http_request, send_email bound to `api`: name -> (permission, fn).
+
+    The argument caps (mail sizes) come from `settings`, so they hold for an application's
+    own backend too."""
+    caps = settings or HostSettings()
 
     def db_query(ctx: HostContext, args: Any) -> Any:
         a = _obj(ctx, args, "db_query", '{"query": "...", "args": [...]}')
@@ -154,9 +159,20 @@ def make_backend_functions(api: HostAPI) -> dict[str, tuple[str, Callable[..., A
                 isinstance(r, str) and _ADDRESS.fullmatch(r) for r in recipients):
             raise HostCallError("send_email: 'to' must be an address or a list of them",
                                 plugin=ctx.plugin)
+        if len(recipients) > caps.mail_max_recipients:
+            raise HostCallError(f"send_email: {len(recipients)} recipients, more than the "
+                                f"cap of {caps.mail_max_recipients}", plugin=ctx.plugin)
         html = a.get("html")
-        api.send_email(ctx.plugin, recipients, str(a.get("subject") or ""),
-                       str(a.get("body") or ""), html if isinstance(html, str) else None)
+        html = html if isinstance(html, str) else None
+        subject, body = str(a.get("subject") or ""), str(a.get("body") or "")
+        if len(subject) > caps.mail_max_subject or "\n" in subject or "\r" in subject:
+            raise HostCallError(f"send_email: 'subject' must be one line of at most "
+                                f"{caps.mail_max_subject} characters", plugin=ctx.plugin)
+        size = len(body.encode()) + len((html or "").encode())
+        if size > caps.mail_max_body_bytes:
+            raise HostCallError(f"send_email: body of {size} bytes, more than the cap of "
+                                f"{caps.mail_max_body_bytes}", plugin=ctx.plugin)
+        api.send_email(ctx.plugin, recipients, subject, body, html)
         return {"sent": True}
 
     return {

@@ -7,6 +7,7 @@ huge body never lands in memory.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -50,12 +51,18 @@ class HttpClient:
                 timeout: float | None) -> dict[str, Any]:
         check_url(plugin, url, allowed)
         limit = min(timeout or self.timeout, self.timeout)
+        # httpx's timeout bounds each network wait; the total is checked between chunks,
+        # so a server dripping bytes cannot hold the call past `limit` (plus one wait).
+        end = time.monotonic() + limit
         try:
             with httpx.Client(timeout=limit, follow_redirects=False) as client, \
                     client.stream(method.upper(), url, headers=headers,
                                   content=body) as resp:
                 chunks, size = [], 0
                 for chunk in resp.iter_bytes():
+                    if time.monotonic() > end:
+                        raise HostCallError(f"http_request: no complete response within "
+                                            f"{limit:.3f}s", plugin=plugin)
                     size += len(chunk)
                     if size > self.max_bytes:
                         raise HostCallError(f"http_request: response larger than "

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 
 from ..errors import HostCallError
+from . import chain
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,10 @@ class Mailer:
         msg.set_content(body)
         if html:
             msg.add_alternative(html, subtype="html")
+        left = chain.path().left()  # never outlive the call that asked
+        timeout = s.timeout if left is None else max(0.001, min(s.timeout, left))
         try:
-            with smtplib.SMTP(s.host, s.port, timeout=s.timeout) as smtp:
+            with smtplib.SMTP(s.host, s.port, timeout=timeout) as smtp:
                 if s.starttls:
                     smtp.starttls()
                 if s.username:

@@ -242,5 +242,11 @@ class ChildProcess:
             os.killpg(self.pid, sig)
 
 
+#: A child's output is read at most this much at a time: a line without a newline is
+#: logged in pieces of this size, never gathered whole (400 MB without a newline once
+#: grew the host by gigabytes).
+MAX_LINE_BYTES = 8192
+
+
 def _lines(pipe: IO[bytes]) -> Iterator[bytes]:
-    return iter(pipe.readline, b"")
+    return iter(lambda: pipe.readline(MAX_LINE_BYTES), b"")

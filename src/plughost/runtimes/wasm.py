@@ -31,7 +31,7 @@ from ..errors import (
     PluginTrap,
     PluginUnavailable,
 )
-from ..host import HostFunctions, context_for
+from ..host import HostFunctions, chain, context_for
 from ..logs import GK_LEVELS, LineWriter, PluginLog
 from ..plugin import Kind, PluginSource
 from ..registration import parse_registration
@@ -113,6 +113,10 @@ class _ABIViolation(Exception):
     """Raised inside a host import when the plugin hands over a bad pointer/length."""
 
 
+class _Overran(Exception):
+    """A host call was refused or cut short because the call's deadline had passed."""
+
+
 class _HostFailure(Exception):
     """A host function failed in a way it should not have (a host bug, not the plugin's)."""
 
@@ -168,6 +172,7 @@ class _Instance:
         self.error_message: str | None = None  # set by gk.error during a call
         self.abi_error: str | None = None  # set by an import that met a bad pointer
         self.host_error: str | None = None  # set when a host function failed unexpectedly
+        self.overran = False  # set when a host call failed with the deadline passed
         engine = plugin.engine
         self.store = wasmtime.Store(engine.engine)
         memory, tables, elements = store_limits(plugin.source.manifest.resources.memory_mb)
@@ -219,7 +224,11 @@ class _Instance:
         try:
             result = self.plugin.host.dispatch(self.plugin.host_context, fn, args)
         except HostCallError:
-            return 0  # already logged in the plugin's log by dispatch
+            # Already logged by dispatch. Failed because the time is up: the call is over,
+            # whatever the plugin does next (it may not loop back into an epoch check).
+            if chain.path().left() == 0:
+                self.overran = True
+            return 0
         try:
             malloc = caller.get("gk_malloc")
             assert isinstance(malloc, wasmtime.Func)
@@ -290,6 +299,7 @@ class _Instance:
 
     def call(self, function: str, args: bytes, timeout: float) -> bytes:
         self.error_message = self.abi_error = self.host_error = None
+        self.overran = False
         self.plugin.engine.arm(self.store, timeout)
         with entered(self):
             return self._call(function, args)
@@ -299,6 +309,8 @@ class _Instance:
         fp = self._put(fn, "the function name", function)
         ap = self._put(args, "the arguments", function)
         packed = self.gk_call(self.store, fp, len(fn), ap, len(args))
+        if self.overran:
+            raise _Overran()
         self._check_abi()
         # Copy the result out before anything else runs in the instance (a result may
         # alias the argument buffer), then free each distinct buffer exactly once.
@@ -435,7 +447,8 @@ class WasmPlugin(PluginBase):
 
     def _call_error(self, exc: BaseException, inst: _Instance | None, function: str,
                     limit: float) -> PlughostError:
-        if isinstance(exc, wasmtime.Trap) and exc.trap_code == wasmtime.TrapCode.INTERRUPT:
+        if isinstance(exc, _Overran) or (isinstance(exc, wasmtime.Trap)
+                                         and exc.trap_code == wasmtime.TrapCode.INTERRUPT):
             # First: a deadline that ran out during a host call is a timeout, whatever
             # the import recorded while it was being cut short.
             return PluginTimeout(f"call exceeded its deadline of {deadline_text(limit)}",
