@@ -545,7 +545,9 @@ def test_cross_site_requests_cannot_drive_the_api(serve: Serve) -> None:
     r = httpx.post(f"{s.url}/api/plugins/counter/call/increment", json={}, headers=same,
                    timeout=30)
     assert r.status_code == 200 and r.json() == {"count": 1}  # the first call that ran
-    assert httpx.get(f"{s.url}/api/plugins", headers=evil, timeout=30).status_code == 200
+    # reads too: a cross-site GET neither reads the API nor runs a plugin's handler
+    assert httpx.get(f"{s.url}/api/plugins", headers=evil, timeout=30).status_code == 403
+    assert httpx.get(f"{s.url}/", headers=evil, timeout=30).status_code == 200  # the page
 
 
 def test_allowed_hosts_refuse_dns_rebinding(serve: Serve) -> None:

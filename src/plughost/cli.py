@@ -209,10 +209,20 @@ def serve(directory: DirArg = Path("plugins"),
               "--debounce-ms", help="Wait this long for changes to settle.")] = 500,
           lazy: Annotated[bool, typer.Option(
               "--lazy", help="Load each plugin on its first call, not at start.")] = False,
+          token: Annotated[str | None, typer.Option(
+              "--token", envvar="PLUGHOST_API_TOKEN", show_envvar=True,
+              help="API token clients must send (at least 16 characters). Beyond loopback "
+                   "one is required: without this, the stored or a new generated one.")
+          ] = None,
+          insecure_no_auth: Annotated[bool, typer.Option(
+              "--insecure-no-auth",
+              help="Serve a non-loopback address WITHOUT a token. Anyone who can reach "
+                   "the port controls the plugins.")] = False,
           ) -> None:
     """Serve DIRECTORY: JSON API, live events, plugin routes and an admin page at /.
 
-    Ctrl-C or SIGTERM stops it gracefully: every plugin is unloaded first.
+    On a loopback address no token is needed (unless --token is given). Ctrl-C or
+    SIGTERM stops it gracefully: every plugin is unloaded first.
     """
     # Imported here so the other commands do not pay for starlette and uvicorn.
     from .server import ServeError
@@ -220,7 +230,8 @@ def serve(directory: DirArg = Path("plugins"),
 
     try:
         run_server(directory, host=host, port=port, watch=watch, debounce_ms=debounce_ms,
-                   lazy=lazy, echo=lambda line: print(line, flush=True))
+                   lazy=lazy, token=token, insecure_no_auth=insecure_no_auth,
+                   echo=lambda line: print(line, flush=True))
     except ServeError as exc:
         raise _fail(str(exc)) from None
 

@@ -9,9 +9,10 @@ discovered name: identity is decided by the host, never self-declared.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ManifestError
 from .inputs import REGISTRATION_MAX_BYTES
@@ -21,10 +22,26 @@ class _Open(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
 
+#: One path segment that is a parameter: `{name}`, `{name:path}` (spans segments) or gin's
+#: `:name`. Groups: 1 name, 2 ":path", 3 the gin name.
+ROUTE_PARAM = re.compile(r"^(?:\{([A-Za-z_][A-Za-z0-9_]*)(:path)?\}|:([A-Za-z_][A-Za-z0-9_]*))$")
+
+
 class Route(_Open):
     method: str = "GET"
     path: str
     handler: str
+
+    @field_validator("path")
+    @classmethod
+    def _unique_params(cls, v: str) -> str:
+        # `/a/{id}/b/{id}` cannot say which id is which (and is no valid pattern): refused
+        # here, when the plugin registers, not as a 500 on the first request.
+        names = [m[1] or m[3] for m in map(ROUTE_PARAM.match, v.strip("/").split("/")) if m]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"route {v!r} repeats the parameter name(s) {dupes}")
+        return v
 
 
 class Widget(_Open):

@@ -3,7 +3,6 @@ calls use `manager.acall`, loads and unloads the loader's `a*` twins."""
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
@@ -12,9 +11,10 @@ from starlette.responses import JSONResponse, Response
 
 from ..errors import PlughostError, PluginNotFound
 from ..manager import PluginInfo
+from .auth import COOKIE, COOKIE_MAX_AGE
 from .errors import LOAD_ERRORS, bad_request, error_json, error_response
 from .events import EventStream
-from .routes import match_route, read_body, request_args, to_response
+from .routes import BodyTimeout, match_route, parse_json, read_body, request_args, to_response
 from .state import ServerState, state_of
 
 ACTIONS = ("load", "unload", "reload", "enable", "disable")
@@ -75,6 +75,25 @@ def _root(request: Request) -> str:
 def _row(request: Request, name: str) -> dict[str, Any] | None:
     rows = plugin_rows(state_of(request), _root(request))
     return next((r for r in rows if r["name"] == name), None)
+
+
+async def login(request: Request) -> Response:
+    """`{"token": "..."}` -> the login cookie (HttpOnly, SameSite=Strict) for the admin
+    page, whose EventSource cannot send an Authorization header."""
+    st = state_of(request)
+    try:
+        body = parse_json(await read_body(request, 4096, st.body_timeout))
+    except (OverflowError, BodyTimeout, ValueError):
+        return bad_request('expected {"token": "..."}')
+    if st.token is None:
+        return JSONResponse({"ok": True, "auth": False})
+    token = body.get("token") if isinstance(body, dict) else None
+    if not isinstance(token, str) or not st.token.matches(token):
+        return error_json("wrong API token", "Unauthorized", 401)
+    resp = JSONResponse({"ok": True, "auth": True})
+    resp.set_cookie(COOKIE, token, max_age=COOKIE_MAX_AGE, path=_root(request) or "/",
+                    httponly=True, samesite="strict", secure=request.url.scheme == "https")
+    return resp
 
 
 async def list_plugins(request: Request) -> Response:
@@ -140,18 +159,15 @@ async def call(request: Request) -> Response:
     st = state_of(request)
     name, function = request.path_params["name"], request.path_params["function"]
     try:
-        raw = await read_body(request, st.max_body)
+        raw = await read_body(request, st.max_body, st.body_timeout)
         timeout = _number(request, "timeout", float)
+        args: Any = parse_json(raw) if raw.strip() else {}
     except OverflowError as exc:
         return error_json(str(exc), "PayloadTooLarge", 413)
+    except BodyTimeout as exc:
+        return error_json(str(exc), "RequestTimeout", 408)
     except ValueError as exc:
         return bad_request(str(exc))
-    args: Any = {}
-    if raw.strip():
-        try:
-            args = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            return bad_request(f"request body is not valid JSON: {exc}")
     try:
         result = await st.manager.acall(name, function, args, timeout=timeout or None)
     except PlughostError as exc:
@@ -212,9 +228,11 @@ async def plugin_route(request: Request) -> Response:
                           "NotFound", 404)
     try:
         args = request_args(request, path, route, params,
-                            await read_body(request, st.max_body))
+                            await read_body(request, st.max_body, st.body_timeout))
     except OverflowError as exc:
         return error_json(str(exc), "PayloadTooLarge", 413)
+    except BodyTimeout as exc:
+        return error_json(str(exc), "RequestTimeout", 408)
     except ValueError as exc:
         return bad_request(str(exc))
     try:

@@ -22,6 +22,7 @@ from starlette.routing import Route
 from ..loader import Loader
 from ..manager import Manager
 from . import api
+from .auth import TokenCheck
 from .errors import error_json
 from .events import EventHub
 from .guard import Guard
@@ -39,15 +40,19 @@ def admin_html() -> str:
 def create_app(manager: Manager, loader: Loader, *, watch: bool = True,
                debounce_ms: int = 500, keepalive: float = 15.0,
                max_body: int = 16 * 1024 * 1024, sse_queue_size: int = 256,
-               allowed_hosts: list[str] | None = None) -> Starlette:
+               allowed_hosts: list[str] | None = None, token: str | None = None,
+               body_timeout: float = 30.0) -> Starlette:
     """The server app. The caller keeps ownership of `manager` (close it after the app
     stopped); the app loads `loader`'s directory on start and unloads it on shutdown.
 
-    Cross-site state-changing requests are always refused; `allowed_hosts` (host names
-    without port) additionally refuses other `Host` headers (DNS rebinding)."""
+    Cross-site requests are always refused; `allowed_hosts` (host names without port)
+    additionally refuses other `Host` headers (DNS rebinding). With `token`, every request
+    but the admin page and `POST /api/login` must carry it. A request body must arrive
+    within `body_timeout` seconds (408 otherwise)."""
     hub = EventHub(manager, queue_size=sse_queue_size, keepalive=keepalive)
+    check = TokenCheck(token) if token is not None else None
     state = ServerState(manager, loader, hub, watch=watch, debounce_ms=debounce_ms,
-                        max_body=max_body)
+                        max_body=max_body, body_timeout=body_timeout, token=check)
     page = admin_html()
 
     @asynccontextmanager
@@ -83,6 +88,7 @@ def create_app(manager: Manager, loader: Loader, *, watch: bool = True,
 
     routes = [
         Route("/", index, methods=["GET"]),
+        Route("/api/login", api.login, methods=["POST"]),
         Route("/api/plugins", api.list_plugins, methods=["GET"]),
         Route("/api/events", api.events, methods=["GET"]),
         Route("/api/plugins/{name}", api.get_plugin, methods=["GET"]),
@@ -93,7 +99,7 @@ def create_app(manager: Manager, loader: Loader, *, watch: bool = True,
         Route("/plugins/{name}/{path:path}", api.plugin_route, methods=_ALL),
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
-                    middleware=[Middleware(Guard, allowed_hosts=allowed_hosts)],
+                    middleware=[Middleware(Guard, allowed_hosts=allowed_hosts, token=check)],
                     exception_handlers={HTTPException: http_error, Exception: internal_error})
     app.state.plughost = state
     return app

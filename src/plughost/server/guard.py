@@ -1,10 +1,16 @@
-"""Request guards against browsers being used as a weapon against a local server.
+"""Request guards: the API token, and browsers used as a weapon against the server.
 
-- Cross-site requests that change state are refused: a POST/PUT/PATCH/DELETE whose
-  `Origin` is not this server (or `Sec-Fetch-Site: cross-site`) gets 403. Browsers always
-  send `Origin` on such requests; curl and other programs send none and are unaffected.
+Checked in this order, before any route runs:
+
 - DNS rebinding: with `allowed_hosts`, a `Host` header naming anything else gets 403
   (`plughost serve` on a loopback address allows only loopback names).
+- Cross-site requests get 403, whatever their method: `Sec-Fetch-Site: cross-site` or
+  `same-site`, or an `Origin` that is not this server. So a page elsewhere cannot drive the
+  API, nor run a plugin's route handler with a GET, HEAD or OPTIONS (a handler may act on
+  any method). Browsers send these headers; curl and other programs send none and are
+  unaffected. The admin page itself (`GET /`) may be opened from anywhere: it is static.
+- With a token (see auth.py), every request but the admin page and `POST /api/login` must
+  carry it, or gets 401.
 """
 
 from __future__ import annotations
@@ -14,13 +20,17 @@ from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-_UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+from .auth import TokenCheck
+
+_OPEN = frozenset({("GET", "/"), ("HEAD", "/"), ("POST", "/api/login")})
 
 
 class Guard:
-    def __init__(self, app: ASGIApp, allowed_hosts: list[str] | None = None) -> None:
+    def __init__(self, app: ASGIApp, allowed_hosts: list[str] | None = None,
+                 token: TokenCheck | None = None) -> None:
         self.app = app
         self.allowed = {h.lower() for h in allowed_hosts} if allowed_hosts else None
+        self.token = token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -28,24 +38,39 @@ class Guard:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                    for k, v in scope.get("headers", [])}
-        host = headers.get("host", "")
-        why = None
-        if self.allowed is not None and _hostname(host) not in self.allowed:
-            why = f"host {host!r} is not served here"
-        elif scope.get("method", "GET") in _UNSAFE:
-            origin = headers.get("origin")
-            if headers.get("sec-fetch-site") == "cross-site":
-                why = "cross-site request refused"
-            elif origin is not None and urlsplit(origin).netloc.lower() != host.lower():
-                why = f"cross-origin request from {origin!r} refused"
+        method = scope.get("method", "GET")
+        root = str(scope.get("root_path", ""))
+        path = str(scope.get("path", "/"))
+        path = (path[len(root):] if root and path.startswith(root) else path) or "/"
+        status, why = self._refusal(headers, method, path)
         if why is None:
             await self.app(scope, receive, send)
             return
-        body = json.dumps({"error": why, "type": "Forbidden"}).encode()
-        await send({"type": "http.response.start", "status": 403,
+        body = json.dumps({"error": why, "type": "Forbidden" if status == 403
+                           else "Unauthorized"}).encode()
+        extra = [(b"www-authenticate", b'Bearer realm="plughost"')] if status == 401 else []
+        await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
+                                (b"content-length", str(len(body)).encode()), *extra]})
         await send({"type": "http.response.body", "body": body})
+
+    def _refusal(self, headers: dict[str, str], method: str, path: str
+                 ) -> tuple[int, str | None]:
+        host = headers.get("host", "")
+        if self.allowed is not None and _hostname(host) not in self.allowed:
+            return 403, f"host {host!r} is not served here"
+        page = path == "/" and method in ("GET", "HEAD")
+        site = headers.get("sec-fetch-site")
+        origin = headers.get("origin")
+        if not page:
+            if site in ("cross-site", "same-site"):
+                return 403, "cross-site request refused"
+            if origin is not None and urlsplit(origin).netloc.lower() != host.lower():
+                return 403, f"cross-origin request from {origin!r} refused"
+        if self.token is not None and (method, path) not in _OPEN \
+                and not self.token.allows(headers):
+            return 401, "this server needs its API token (Authorization: Bearer <token>)"
+        return 200, None
 
 
 def _hostname(host: str) -> str:

@@ -10,6 +10,7 @@ response, any other result is sent as JSON.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import re
@@ -18,10 +19,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..registration import Route
+from ..registration import ROUTE_PARAM, Route
 from .errors import error_json
 
-_PARAM = re.compile(r"^(?:\{([A-Za-z_][A-Za-z0-9_]*)(:path)?\}|:([A-Za-z_][A-Za-z0-9_]*))$")
+_PARAM = ROUTE_PARAM
 
 
 _PRIVATE_HEADERS = frozenset({"cookie", "authorization", "proxy-authorization"})
@@ -59,14 +60,40 @@ def match_route(routes: list[Route], method: str, path: str
     return None, {}, allowed
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body; OverflowError past `limit` bytes (without reading the rest)."""
+class BodyTimeout(Exception):
+    """The request body did not arrive in time (a slow or stalled client)."""
+
+
+async def read_body(request: Request, limit: int, timeout: float = 30.0) -> bytes:
+    """The request body; OverflowError past `limit` bytes (without reading the rest),
+    BodyTimeout when the whole body has not arrived within `timeout` seconds."""
     raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > limit:
-            raise OverflowError(f"request body is larger than {limit} bytes")
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                raw += chunk
+                if len(raw) > limit:
+                    raise OverflowError(f"request body is larger than {limit} bytes")
+    except TimeoutError:
+        raise BodyTimeout(f"request body not received within {timeout:g} s") from None
     return bytes(raw)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json(raw: bytes) -> Any:
+    """Strict JSON from a client: NaN/Infinity, nesting past the parser's depth and integers
+    past Python's digit limit are all ValueError (a 400, never a 500)."""
+    try:
+        return json.loads(raw, parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError("request body is not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        text = str(exc)
+        raise ValueError("request body is not valid JSON: "
+                         f"{text if len(text) < 200 else text[:200] + '...'}") from None
 
 
 def request_args(request: Request, path: str, route: Route, params: dict[str, str],
@@ -76,10 +103,7 @@ def request_args(request: Request, path: str, route: Route, params: dict[str, st
     if raw:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype == "application/json" or ctype.endswith("+json"):
-            try:
-                body = json.loads(raw)
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise ValueError(f"request body is not valid JSON: {exc}") from None
+            body = parse_json(raw)
         else:
             body = raw.decode("utf-8", "replace")
     headers: dict[str, str] = {}
@@ -91,18 +115,45 @@ def request_args(request: Request, path: str, route: Route, params: dict[str, st
             "query": dict(request.query_params), "headers": headers, "body": body}
 
 
+#: Response headers a plugin may not send: the admin page shares the plugin routes'
+#: origin, so a plugin must not set or clear its cookies.
+_FORBIDDEN_HEADERS = frozenset({"set-cookie", "set-cookie2", "clear-site-data"})
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+def _bad(plugin: str, why: str) -> Response:
+    return error_json(f"plugin {plugin!r}: route handler returned a response HTTP cannot "
+                      f"carry ({why})", "BadPluginResponse", 502)
+
+
 def to_response(plugin: str, result: Any) -> Response:
-    """A handler's result as the HTTP response (see the module docstring)."""
+    """A handler's result as the HTTP response (see the module docstring). What HTTP
+    cannot carry (a 1xx status, a bad header name or value, NaN in JSON) is a 502 JSON
+    error; cookie headers are dropped."""
+    try:
+        return _to_response(plugin, result)
+    except (ValueError, TypeError, UnicodeError) as exc:  # e.g. NaN, a non-latin-1 value
+        return _bad(plugin, f"{type(exc).__name__}: {exc}")
+
+
+def _to_response(plugin: str, result: Any) -> Response:
     if not (isinstance(result, dict) and ("status" in result or "body" in result)):
         return JSONResponse(result, headers=dict(_SANDBOX))
     status = result.get("status", 200)
     headers = result.get("headers") or {}
-    if (not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599
+    if (not isinstance(status, int) or isinstance(status, bool) or not 200 <= status <= 599
             or not isinstance(headers, dict)):
-        return error_json(f"plugin {plugin!r}: route handler returned an invalid response "
-                          "(status must be an integer 100-599, headers an object)",
-                          "BadPluginResponse", 502)
-    hdrs = {str(k): str(v) for k, v in headers.items()}
+        return _bad(plugin, "status must be an integer 200-599, headers an object")
+    hdrs: dict[str, str] = {}
+    for k, v in headers.items():
+        name, value = str(k), str(v)
+        if not _TOKEN.match(name):
+            return _bad(plugin, f"header name {name[:60]!r}")
+        if any(c in value for c in "\r\n\0"):
+            return _bad(plugin, f"header {name!r} has a control character")
+        value.encode("latin-1")  # UnicodeEncodeError: handled above
+        if name.lower() not in _FORBIDDEN_HEADERS:
+            hdrs[name] = value
     # A plugin's page shares the admin page's origin: sandbox it, so its scripts run in an
     # opaque origin and cannot drive the admin API (the guard refuses origin "null").
     hdrs.update(_SANDBOX)
@@ -114,5 +165,5 @@ def to_response(plugin: str, result: Any) -> Response:
         return Response(body, status_code=status, headers=hdrs,
                         media_type=None if has_type else "text/plain")
     if has_type:
-        return Response(json.dumps(body), status_code=status, headers=hdrs)
+        return Response(json.dumps(body, allow_nan=False), status_code=status, headers=hdrs)
     return JSONResponse(body, status_code=status, headers=hdrs)

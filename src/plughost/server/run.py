@@ -13,9 +13,12 @@ from typing import Any
 
 import uvicorn
 
+from ..host import HostSettings
 from ..loader import Loader
 from ..manager import Manager
 from .app import create_app
+from .auth import is_loopback, load_or_create_token
+from .limits import limited_protocol, raise_fd_limit
 from .state import ServerState
 
 
@@ -92,26 +95,67 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _token_for(loopback: bool, token: str | None, insecure_no_auth: bool, data_dir: Path,
+               echo: Callable[[str], Any]) -> str | None:
+    """The API token this server requires, or None (loopback, or explicitly no auth)."""
+    if token:
+        return token
+    if loopback:
+        return None
+    if insecure_no_auth:
+        echo("plughost: WARNING: listening beyond loopback WITHOUT authentication "
+             "(--insecure-no-auth): anyone who can reach this port controls the plugins")
+        return None
+    try:
+        stored, path, created = load_or_create_token(data_dir)
+    except OSError as exc:
+        raise ServeError(f"cannot set up the API token: {exc.strerror or exc}") from None
+    if created:
+        echo(f"plughost: API token (stored in {path}, mode 0600): {stored}")
+    else:
+        echo(f"plughost: API token: the one stored in {path}")
+    return stored
+
+
 def serve(directory: Path, *, host: str = "127.0.0.1", port: int = 8080, watch: bool = True,
-          debounce_ms: int = 500, lazy: bool = False,
+          debounce_ms: int = 500, lazy: bool = False, token: str | None = None,
+          insecure_no_auth: bool = False, header_timeout: float = 10.0,
+          body_timeout: float = 30.0, max_connections: int = 200,
           echo: Callable[[str], Any] = print) -> None:
     """Serve `directory` until SIGINT/SIGTERM; every plugin is unloaded before returning.
 
-    Raises ServeError (one line for the user) when it cannot start.
+    Beyond loopback (decided by the bound address) an API token is required unless
+    `insecure_no_auth`; see auth.py. Raises ServeError (one line for the user) when it
+    cannot start.
     """
     if not directory.is_dir():
         raise ServeError(f"plugin directory {directory} does not exist")
     if debounce_ms < 0:
         raise ServeError("--debounce-ms must not be negative")
+    if token is not None and len(token) < 16:
+        raise ServeError("the API token must be at least 16 characters")
     sock = _listen(host, port)
-    manager = Manager()
+    bound = str(sock.getsockname()[0])
+    loopback = is_loopback(bound)
+    settings = HostSettings()
+    manager = Manager(settings=settings)
+    try:
+        api_token = _token_for(loopback, token, insecure_no_auth, settings.data_dir, echo)
+    except ServeError:
+        sock.close()
+        manager.close()
+        raise
     loader = Loader(directory, manager, lazy=lazy)
     # On a loopback address only loopback names are served (no DNS rebinding).
-    loopback = host in ("127.0.0.1", "::1", "localhost")
+    names = [host.lower(), bound, f"[{bound}]", "localhost", "127.0.0.1", "[::1]", "::1"]
     app = create_app(manager, loader, watch=watch, debounce_ms=debounce_ms,
-                     allowed_hosts=[host, "localhost", "127.0.0.1", "[::1]", "::1"]
-                     if loopback else None)
-    config = uvicorn.Config(app, lifespan="on", log_config=None, timeout_graceful_shutdown=10)
+                     allowed_hosts=names if loopback else None, token=api_token,
+                     body_timeout=body_timeout)
+    # Room for every allowed connection plus the plugins' own pipes and sockets.
+    raise_fd_limit(max_connections + 1024)
+    config = uvicorn.Config(app, lifespan="on", log_config=None, timeout_graceful_shutdown=10,
+                            http=limited_protocol(header_timeout, max_connections),
+                            timeout_keep_alive=5)
 
     def ready(server: PlughostServer) -> None:
         shown = f"[{host}]" if ":" in host else host

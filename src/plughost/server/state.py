@@ -9,6 +9,7 @@ from starlette.requests import Request
 
 from ..loader import Loader
 from ..manager import Manager
+from .auth import TokenCheck
 from .events import EventHub
 
 
@@ -20,6 +21,8 @@ class ServerState:
     watch: bool = True
     debounce_ms: int = 500
     max_body: int = 16 * 1024 * 1024  # bytes of a call's or a route's request body
+    body_timeout: float = 30.0  # seconds to receive a whole request body
+    token: TokenCheck | None = None  # the API token, when the server needs one
 
 
 def state_of(request: Request) -> ServerState:
