@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -55,6 +56,22 @@ def wait_until(pred: Callable[[], bool], timeout: float = 10.0) -> None:
         if time.monotonic() > end:
             raise AssertionError("condition not reached")
         time.sleep(0.001)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def unconfined_by_default() -> Iterator[None]:
+    """The gRPC tests at large watch plugin processes by the pids the plugins report and
+    the files they write (markers, pid files); a PID namespace and a read-only file system
+    hide both. So they run with PLUGHOST_SANDBOX=off, the documented unconfined mode, and
+    tests/test_reliability_sandbox.py runs the same paths (load, calls, host calls, kill -9
+    and restart, shutdown, host SIGKILL) confined, with explicit Sandbox objects."""
+    old = os.environ.get("PLUGHOST_SANDBOX")
+    os.environ["PLUGHOST_SANDBOX"] = "off"
+    yield
+    if old is None:
+        os.environ.pop("PLUGHOST_SANDBOX", None)
+    else:
+        os.environ["PLUGHOST_SANDBOX"] = old
 
 
 @pytest.fixture(scope="session")

@@ -445,10 +445,16 @@ def test_environment_is_minimal(plugins: Path, manager: Manager, monkeypatch: py
     sdk_plugin(plugins, "envp", manifest={"env": ["PH_TEST_LISTED", "PH_TEST_ABSENT"]})
     new_loader().load_all()
     expected = {"PATH", "PLUGHOST_PLUGIN", "PLUGIN_PROTOCOL_VERSIONS", "PLUGIN_UNIX_SOCKET_DIR",
-                "PLUGHOST_HOST_ADDR", "PLUGHOST_HOST_TOKEN", "PYTHONUNBUFFERED", "PH_TEST_LISTED"}
+                "TMPDIR", "PLUGHOST_HOST_ADDR", "PLUGHOST_HOST_TOKEN_FD", "PYTHONUNBUFFERED",
+                "PYTHONDONTWRITEBYTECODE", "PH_TEST_LISTED"}
     env = manager.call("envp", "env")
     # Python itself may add LC_CTYPE (PEP 538 locale coercion) after exec; nothing else.
     assert set(env) - {"LC_CTYPE"} == expected
+    assert env["TMPDIR"] == env["PLUGIN_UNIX_SOCKET_DIR"] and env["PYTHONDONTWRITEBYTECODE"] == "1"
+    # The token is in no environment: a number names the pipe it waits in.
+    assert env["PLUGHOST_HOST_TOKEN_FD"].isdigit()
+    token = manager.call("envp", "token")
+    assert len(token) == 32 and token not in json.dumps(env)
     # What exec received, exactly:
     raw = Path(f"/proc/{pid_of(manager, 'envp')}/environ").read_bytes()
     assert {kv.split(b"=", 1)[0].decode() for kv in raw.split(b"\0") if kv} == expected
@@ -475,7 +481,7 @@ def test_environment_is_minimal(plugins: Path, manager: Manager, monkeypatch: py
             with pytest.raises(grpc.RpcError) as info:
                 stub.HostCall(request, timeout=10, metadata=metadata)
             assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        good = (("plughost-host-token", env["PLUGHOST_HOST_TOKEN"]),)
+        good = (("plughost-host-token", token),)
         assert stub.HostCall(request, timeout=10, metadata=good).error != ""  # no `log` perm
     assert any("without this plugin's token" in r.message
                for r in manager.log_for("envp").records())

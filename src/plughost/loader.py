@@ -8,7 +8,6 @@ which re-reads and re-checks the plugin from disk, so a swapped file never skips
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -23,11 +22,13 @@ from .errors import (
     PluginNotFound,
     PluginUnavailable,
 )
+from .leftovers import remove
 from .manager import Manager
 from .manifest import Manifest, load_manifest
 from .packaging import PackageLimits
 from .plugin import Kind, Plugin
 from .runtimes.grpc import RestartPolicy, load_grpc_plugin
+from .runtimes.sandbox import Sandbox, SandboxMode
 from .runtimes.wasm import WasmEngine, load_wasm_plugin
 from .staging import Stager, TrustedKey
 from .watch import Watcher
@@ -75,13 +76,17 @@ class Loader:
                  require_signatures: bool | None = None,
                  cache_dir: str | Path | None = "default", engine: WasmEngine | None = None,
                  restart_policy: RestartPolicy | None = None,
-                 package_limits: PackageLimits | None = None) -> None:
+                 package_limits: PackageLimits | None = None,
+                 sandbox: Sandbox | SandboxMode | None = None) -> None:
         self.plugin_dir = Path(plugin_dir)
         self.manager = manager
         self.lazy = lazy
         self._own_engine = engine is None
         self.engine = engine or WasmEngine(cache_dir)
         self.restart_policy = restart_policy or RestartPolicy()
+        # How gRPC plugin processes are confined: bubblewrap where it works ("auto", the
+        # default, or PLUGHOST_SANDBOX), required ("bwrap"), or not at all ("off").
+        self.sandbox = sandbox if isinstance(sandbox, Sandbox) else Sandbox(sandbox)
         # Verification is on with trusted keys (argument or PLUGHOST_TRUSTED_KEYS) or with
         # PLUGHOST_REQUIRE_SIGNATURES=1; then every load path refuses unsigned plugins.
         self.stager = Stager(trusted_keys, require=require_signatures, limits=package_limits)
@@ -404,7 +409,7 @@ class Loader:
         """Shut down a built plugin the registry refused, and remove its private copy."""
         plugin.shutdown()
         if plugin.source.private_dir is not None:
-            shutil.rmtree(plugin.source.private_dir, ignore_errors=True)
+            remove(plugin.source.private_dir)
 
     def _lookup(self, name: str) -> Found:
         with self._lock:
@@ -427,7 +432,8 @@ class Loader:
                     plugin = load_grpc_plugin(
                         source, self.manager.host, log, policy=self.restart_policy,
                         on_event=lambda kind, detail: self.manager.emit(kind, source.name,
-                                                                        detail))
+                                                                        detail),
+                        sandbox=self.sandbox)
                 else:
                     assert staged.module is not None
                     plugin = load_wasm_plugin(source, staged.module, self.engine,
@@ -435,7 +441,7 @@ class Loader:
                                               verified=self.stager.require)
             except BaseException:
                 if source.private_dir is not None:
-                    shutil.rmtree(source.private_dir, ignore_errors=True)
+                    remove(source.private_dir)
                 raise
         except Exception as exc:
             if not isinstance(exc, PlughostError):  # a bug of ours is still this plugin's

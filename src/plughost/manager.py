@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from .errors import (
     PluginUnavailable,
 )
 from .host import HostAPI, HostFunctions, HostSettings, chain, default_host_functions
+from .leftovers import remove
 from .logs import PluginLog
 from .plugin import Plugin
 
@@ -231,7 +231,7 @@ class Manager:
             entry.plugin.log.error(f"shutdown failed: {exc}", source="host")
         private = entry.plugin.source.private_dir
         if private is not None:  # this version's private copy dies with it
-            shutil.rmtree(private, ignore_errors=True)
+            remove(private)
 
     def enable(self, name: str) -> None:
         self._set_enabled(name, True)

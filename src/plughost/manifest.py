@@ -53,6 +53,14 @@ class Handshake(_Strict):
     magic_cookie_value: str = "v1"
 
 
+class SandboxSettings(_Strict):
+    """What a gRPC plugin's sandbox lets it do (where bubblewrap confines it)."""
+
+    #: Reach the network directly (its own network namespace otherwise, with nothing in
+    #: it). Host functions such as `http_request` do not need this: the host makes them.
+    network: bool = False
+
+
 class Manifest(_Strict):
     name: str
     version: str = "0.0.0"
@@ -69,6 +77,7 @@ class Manifest(_Strict):
     allowed_hosts: list[str] = Field(default_factory=list)
     env: list[str] = Field(default_factory=list)
     handshake: Handshake = Field(default_factory=Handshake)
+    sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
 
     @field_validator("version", mode="before")
     @classmethod

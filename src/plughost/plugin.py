@@ -25,6 +25,9 @@ class PluginSource:
     manifest: Manifest
     loaded_manifest: LoadedManifest | None  # None for a bare <name>.wasm
     private_dir: Path | None = None  # owned by this version; removed when it is retired
+    #: The canonical listing digest of `plugin_dir` when it was staged (private copies
+    #: only): a process is started from it only while it still matches.
+    pinned_digest: bytes | None = None
 
     @property
     def has_manifest(self) -> bool:

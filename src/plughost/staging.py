@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from .discovery import Found, bare_manifest
 from .errors import ManifestError, PluginLoadError, SignatureError
 from .inputs import MODULE_MAX_BYTES, SIGNATURE_MAX_BYTES, describe, read_regular
-from .leftovers import owned_dir
+from .leftovers import owned_dir, remove
 from .manifest import LoadedManifest, load_manifest
 from .packaging import PackageLimits, extract
 from .plugin import PluginSource
@@ -79,7 +79,7 @@ class Stager:
         with self._lock:
             root, self._root = self._root, None
         if root is not None:
-            shutil.rmtree(root, ignore_errors=True)
+            remove(root)
 
     # -- staging -------------------------------------------------------------------------
 
@@ -123,7 +123,7 @@ class Stager:
                 run_dir.chmod(0o700)
                 self._check_directory(found.name, run_dir, found.path)
             except BaseException:
-                shutil.rmtree(private, ignore_errors=True)
+                remove(private)
                 raise
         return self._from_directory(found, run_dir, private)
 
@@ -142,7 +142,7 @@ class Stager:
                 self._check_directory(found.name, dest, found.path)
             return self._from_directory(found, dest, private)
         except BaseException:
-            shutil.rmtree(private, ignore_errors=True)
+            remove(private)
             raise
 
     def _from_directory(self, found: Found, run_dir: Path, private: Path | None) -> Staged:
@@ -155,8 +155,9 @@ class Stager:
             raise ManifestError(f"names the plugin {lm.name!r}, but it was discovered as "
                                 f"{found.name!r}; rescan, or rename", plugin=found.name,
                                 path=found.path, field="name")
+        pinned = _seal(found.name, found.path, run_dir) if private is not None else None
         source = PluginSource(found.name, lm.manifest.runtime, found.path, run_dir, lm.entry,
-                              lm.manifest, lm, private)
+                              lm.manifest, lm, private, pinned)
         module = None
         if source.kind == "wasm":
             module = _read(lm.entry, "module", found.name)
@@ -215,6 +216,25 @@ def _read_signature(path: Path, plugin: str, shown: Path) -> bytes:
     except OSError as exc:
         raise SignatureError(f"cannot read {path.name}: {describe(exc)}", plugin=plugin,
                              path=shown) from None
+
+
+def _seal(plugin: str, shown: Path, run_dir: Path) -> bytes:
+    """Make a private copy read-only and return the digest it is pinned to.
+
+    Modes do not stop a process of the same user (it may chmod them back) or root; they
+    stop accidents. What stops a plugin from rewriting a sibling's copy is the sandbox's
+    read-only bind, and, without one, the pinned digest checked before every start."""
+    try:
+        digest = list_directory(run_dir).digest
+    except SignatureError as exc:
+        raise PluginLoadError(f"cannot pin its private copy: {exc.message}", plugin=plugin,
+                              path=shown) from None
+    for dirpath, _dirs, files in os.walk(run_dir):
+        for name in files:
+            full = os.path.join(dirpath, name)
+            os.chmod(full, os.stat(full).st_mode & 0o555)
+        os.chmod(dirpath, 0o500)
+    return digest
 
 
 def _copy_regular(src: str, dst: str) -> None:

@@ -27,16 +27,17 @@ logger = logging.getLogger(__name__)
 
 class _HostServicer(pb_grpc.HostServicer):
     def __init__(self, host: HostFunctions, context: Callable[[], HostContext],
-                 token: str) -> None:
+                 token: Callable[[], str]) -> None:
         self._host = host
         self._context = context  # read per request: it changes when the plugin registers
-        self._token = token.encode()
+        self._token = token  # read per request too: each start of the plugin gets a new one
 
     def _check(self, context: grpc.ServicerContext) -> None:
-        # Same-user processes can reach this socket; only the plugin we started has the
-        # token (from its environment), so nobody else speaks as this plugin.
+        # Same-user processes may reach this socket; only the process we started has the
+        # token (read once from a pipe, never in an environment), so nobody else speaks
+        # as this plugin, and a leftover of an earlier start cannot either.
         sent = dict(context.invocation_metadata()).get(HOST_TOKEN_METADATA, "")
-        if not hmac.compare_digest(str(sent).encode(), self._token):
+        if not hmac.compare_digest(str(sent).encode(), self._token().encode()):
             self._context().log.warning("refused a host call without this plugin's token",
                                         source="host")
             context.abort(grpc.StatusCode.PERMISSION_DENIED,
@@ -69,7 +70,7 @@ class HostServer:
     """A started Host service bound to `unix:<socket_path>`."""
 
     def __init__(self, socket_path: str, host: HostFunctions,
-                 context: Callable[[], HostContext], token: str) -> None:
+                 context: Callable[[], HostContext], token: Callable[[], str]) -> None:
         self.address = f"unix://{socket_path}"
         self._server = grpc.server(futures.ThreadPoolExecutor(
             max_workers=4, thread_name_prefix="plughost-hostsvc"), options=CHANNEL_OPTIONS)

@@ -5,7 +5,8 @@
 CALL_ID_METADATA = "plughost-call-id"
 
 #: gRPC metadata key a plugin sends on every `HostCall`/`Log`, with the value of its
-#: PLUGHOST_HOST_TOKEN environment variable: the Host socket answers only its own plugin.
+#: token (read once from the pipe PLUGHOST_HOST_TOKEN_FD names): the Host socket answers
+#: only its own plugin.
 HOST_TOKEN_METADATA = "plughost-host-token"
 
 #: Largest message either side sends or accepts (gRPC's own default is 4 MiB).

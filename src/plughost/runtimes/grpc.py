@@ -22,6 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -43,8 +44,10 @@ from ..proto import CHANNEL_OPTIONS
 from ..proto.plughost.v1 import plugin_pb2 as pb
 from ..proto.plughost.v1 import plugin_pb2_grpc as pb_grpc
 from ..registration import parse_registration
+from ..signing import list_directory
 from .base import PluginBase, deadline_text
-from .process import ChildProcess
+from .process import ChildProcess, Handshake
+from .sandbox import Sandbox
 
 logger = logging.getLogger(__name__)
 
@@ -79,10 +82,11 @@ class GrpcPlugin(PluginBase):
     kind: Kind = "grpc"
 
     def __init__(self, source: PluginSource, host: HostFunctions, log: PluginLog, *,
-                 policy: RestartPolicy | None = None, on_event: EventSink | None = None
-                 ) -> None:
+                 policy: RestartPolicy | None = None, on_event: EventSink | None = None,
+                 sandbox: Sandbox | None = None) -> None:
         super().__init__(source, log)
         self._policy = policy or RestartPolicy()
+        self._sandbox = sandbox or Sandbox()
         self._on_event = on_event or (lambda kind, detail: None)
         self._lock = threading.Lock()
         self._closing = threading.Event()
@@ -94,9 +98,9 @@ class GrpcPlugin(PluginBase):
         self._dir = str(owned_dir("ph", _socket_root()))
         os.chmod(self._dir, 0o700)
         try:
-            self._token = secrets.token_hex(16)
+            self._token = secrets.token_hex(16)  # replaced on every start
             self._host_server = HostServer(os.path.join(self._dir, "host.sock"), host,
-                                           lambda: self.host_context, self._token)
+                                           lambda: self.host_context, lambda: self._token)
             self._conn = self._start()
         except BaseException:
             self._closing.set()
@@ -154,13 +158,17 @@ class GrpcPlugin(PluginBase):
         entry = str(self._source.entry)
         if entry.endswith(".py"):
             # A Python plugin runs on the host's interpreter, so it finds the same SDK.
-            return [sys.executable, entry]
-        if not os.access(entry, os.X_OK):
+            cmd = [sys.executable, entry]
+        elif not os.access(entry, os.X_OK):
             raise PluginLoadError(f"{entry} is not executable (chmod +x it)",
                                   plugin=self.name, path=entry)
-        return [entry]
+        else:
+            cmd = [entry]
+        return self._sandbox.wrap(cmd, plugin=self.name, run_dir=self._source.plugin_dir,
+                                  writable=Path(self._dir),
+                                  network=self._source.manifest.sandbox.network)
 
-    def _environment(self) -> dict[str, str]:
+    def _environment(self, token_fd: int) -> dict[str, str]:
         m = self._source.manifest
         env = {"PATH": os.environ.get("PATH", os.defpath)}
         env.update({k: os.environ[k] for k in m.env if k in os.environ})
@@ -168,11 +176,36 @@ class GrpcPlugin(PluginBase):
             m.handshake.magic_cookie_key: m.handshake.magic_cookie_value,
             "PLUGIN_PROTOCOL_VERSIONS": "1",
             "PLUGIN_UNIX_SOCKET_DIR": self._dir,
+            # go-plugin before 1.5 makes its socket under TMPDIR: there it is private too,
+            # and reachable by the host from outside a sandbox.
+            "TMPDIR": self._dir,
             "PLUGHOST_HOST_ADDR": self._host_server.address,
-            "PLUGHOST_HOST_TOKEN": self._token,
+            # The token itself is in no environment (a same-user process can read those
+            # through /proc): it waits in a pipe the plugin reads once and closes.
+            "PLUGHOST_HOST_TOKEN_FD": str(token_fd),
             "PYTHONUNBUFFERED": "1",
+            # a Python plugin must not write __pycache__ into its pinned, read-only copy
+            "PYTHONDONTWRITEBYTECODE": "1",
         })
         return env
+
+    def _check_pinned(self) -> None:
+        """A private copy runs only while it still holds the bytes staged (and verified):
+        a restart after someone rewrote it refuses to start."""
+        pinned = self._source.pinned_digest
+        if pinned is None:
+            return
+        try:
+            now = list_directory(self._source.plugin_dir).digest
+        except PlughostError as exc:
+            now, why = None, exc.message
+        else:
+            why = "its files differ"
+        if now != pinned:
+            raise PluginLoadError(
+                f"refusing to start: its private copy changed since it was verified "
+                f"({why}); reload the plugin to stage and verify it again",
+                plugin=self.name, path=self._source.path)
 
     def _start(self) -> _Connection:
         """Start a process and bring it to a registered, initialised plugin."""
@@ -181,19 +214,27 @@ class GrpcPlugin(PluginBase):
         with self._lock:
             self._gen += 1
             gen = self._gen
+        self._check_pinned()
+        cmd = self._command()
+        self._token = token = secrets.token_hex(16)
+        token_fd = _token_pipe(token)
         try:
-            proc = ChildProcess(self._command(), str(self._source.plugin_dir),
-                                self._environment(), self._log, self.name,
-                                on_exit=lambda code: self._exited(gen, code))
+            proc = ChildProcess(cmd, str(self._source.plugin_dir),
+                                self._environment(token_fd), self._log, self.name,
+                                on_exit=lambda code: self._exited(gen, code),
+                                pass_fds=(token_fd,))
         except OSError as exc:  # ENOEXEC (no shebang), EACCES, a vanished directory...
             raise PluginLoadError(f"cannot start {self._source.entry}: {exc.strerror or exc}",
                                   plugin=self.name, path=self._source.entry) from None
+        finally:
+            os.close(token_fd)
         channel: grpc.Channel | None = None
         stage = "start"
         try:
             stage = "handshake"
             hs = proc.wait_handshake(max(0.0, deadline - time.monotonic()),
                                      res.start_timeout_ms)
+            self._check_reachable(hs)
             stage = "connect"
             channel = grpc.insecure_channel(hs.target, options=CHANNEL_OPTIONS)
             try:
@@ -239,6 +280,23 @@ class GrpcPlugin(PluginBase):
                     exc.plugin = self.name
                 raise
             raise
+
+    def _check_reachable(self, hs: Handshake) -> None:
+        """A confined plugin can announce an address the host cannot reach from outside
+        its namespaces; say so instead of timing out on the connect."""
+        if not self._sandbox.active:
+            return
+        if hs.network == "tcp" and not self._source.manifest.sandbox.network:
+            raise PluginLoadError(
+                f"announced tcp address {hs.address}, but it runs in a sandbox without "
+                "network, where that address is its own: listen on a Unix socket in "
+                "PLUGIN_UNIX_SOCKET_DIR, or allow it `sandbox: {network: true}`",
+                plugin=self.name)
+        if hs.network == "unix" and not os.path.abspath(hs.address).startswith(self._dir + "/"):
+            raise PluginLoadError(
+                f"announced socket {hs.address}, outside PLUGIN_UNIX_SOCKET_DIR "
+                f"({self._dir}), the only directory the host shares with its sandbox",
+                plugin=self.name)
 
     def _stop_connection(self, conn: _Connection, *, polite: bool) -> None:
         # One budget for the whole stop: asking, waiting, then SIGTERM; SIGKILL after it.
@@ -341,8 +399,18 @@ class GrpcPlugin(PluginBase):
                                function=function)
 
 
+def _token_pipe(token: str) -> int:
+    """A pipe holding `token` and then EOF; returns its read end (close it once passed)."""
+    r, w = os.pipe()
+    try:
+        os.write(w, token.encode())  # 32 bytes: far below any pipe buffer, never blocks
+    finally:
+        os.close(w)
+    return r
+
+
 def load_grpc_plugin(source: PluginSource, host: HostFunctions, log: PluginLog, *,
-                     policy: RestartPolicy | None = None, on_event: EventSink | None = None
-                     ) -> GrpcPlugin:
+                     policy: RestartPolicy | None = None, on_event: EventSink | None = None,
+                     sandbox: Sandbox | None = None) -> GrpcPlugin:
     """Start, handshake, register and initialise one version of a grpc plugin."""
-    return GrpcPlugin(source, host, log, policy=policy, on_event=on_event)
+    return GrpcPlugin(source, host, log, policy=policy, on_event=on_event, sandbox=sandbox)

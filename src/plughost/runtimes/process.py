@@ -9,6 +9,9 @@ Three guarantees:
   and stderr, line by line.
 - Nothing leaks: one waiter thread reaps the child (no zombies); pipes are closed; the
   whole process group is killed on stop.
+- A child inherits only the fds it is given (the host-token pipe), and the host is made
+  non-dumpable before its first child exists, so a child cannot read the host's secrets
+  through /proc. Confinement itself (namespaces) is sandbox.py's: it only wraps `cmd`.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from ..logs import LineWriter, PluginLog
 logger = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_DUMPABLE = 4
 _HANDSHAKE = re.compile(
     r"^(?P<core>\d+)\|(?P<app>\d+)\|(?P<net>[a-z0-9]+)\|(?P<addr>[^|]+)\|(?P<proto>[a-z]+)"
     r"(\|[^|]*)*$")
@@ -99,7 +103,8 @@ def _child_setup(parent: int) -> None:
         os._exit(1)
 
 
-_SpawnJob = tuple[list[str], str, dict[str, str], "Future[subprocess.Popen[bytes]]"]
+_SpawnJob = tuple[list[str], str, dict[str, str], tuple[int, ...],
+                  "Future[subprocess.Popen[bytes]]"]
 _jobs: queue.Queue[_SpawnJob] = queue.Queue()
 _spawner: threading.Thread | None = None
 _spawner_lock = threading.Lock()
@@ -107,29 +112,42 @@ _spawner_lock = threading.Lock()
 
 def _spawn_loop() -> None:
     while True:
-        cmd, cwd, env, fut = _jobs.get()
+        cmd, cwd, env, fds, fut = _jobs.get()
         setup = functools.partial(_child_setup, os.getpid())
         try:
             proc = subprocess.Popen(
                 cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, close_fds=True, start_new_session=True,
-                preexec_fn=setup)
+                stderr=subprocess.PIPE, close_fds=True, pass_fds=fds,
+                start_new_session=True, preexec_fn=setup)
         except BaseException as exc:
             fut.set_exception(exc)
         else:
             fut.set_result(proc)
 
 
-def spawn(cmd: list[str], cwd: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """Start `cmd` from the spawner thread (see module docstring for why)."""
+def make_undumpable() -> None:
+    """Make this process non-dumpable: its `/proc/<pid>/environ`, `mem`, `fd` and `maps`
+    become readable by root only, and no process of the same user can ptrace it. A host
+    that starts plugin processes holds their tokens and its own secrets; a plugin running
+    as the same user must not read them. (Core dumps of the host are off as a result.)"""
+    if _prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        logger.warning("could not make the host non-dumpable: %s",
+                       os.strerror(ctypes.get_errno()))
+
+
+def spawn(cmd: list[str], cwd: str, env: dict[str, str],
+          pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
+    """Start `cmd` from the spawner thread (see module docstring for why); `pass_fds`
+    are inherited by the child under the same numbers, nothing else is."""
     global _spawner
     with _spawner_lock:
         if _spawner is None or not _spawner.is_alive():
+            make_undumpable()  # before the first plugin process exists
             _spawner = threading.Thread(target=_spawn_loop, name="plughost-spawner",
                                         daemon=True)
             _spawner.start()
     fut: Future[subprocess.Popen[bytes]] = Future()
-    _jobs.put((cmd, cwd, env, fut))
+    _jobs.put((cmd, cwd, env, pass_fds, fut))
     return fut.result()
 
 
@@ -140,14 +158,15 @@ class ChildProcess:
     """A started plugin process: its pipes, its handshake and its exit."""
 
     def __init__(self, cmd: list[str], cwd: str, env: dict[str, str], log: PluginLog,
-                 plugin: str, on_exit: Callable[[int], None] | None = None) -> None:
+                 plugin: str, on_exit: Callable[[int], None] | None = None,
+                 pass_fds: tuple[int, ...] = ()) -> None:
         self.plugin = plugin
         self._log = log
         self._on_exit = on_exit
         self._handshake: Future[Handshake] = Future()
         self._stderr_tail: deque[str] = deque(maxlen=20)
         self.exited = threading.Event()
-        self.proc = spawn(cmd, cwd, env)
+        self.proc = spawn(cmd, cwd, env, pass_fds)
         self.pid = self.proc.pid
         self._threads = [
             threading.Thread(target=self._read_stdout, name=f"{plugin}-stdout", daemon=True),

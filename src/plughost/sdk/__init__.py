@@ -20,7 +20,7 @@ Unix socket in the host's private directory, the health service, the handshake l
 `Register`/`Init`/`Call`/`Shutdown` RPCs, and exit when the host asks or when the host dies.
 """
 
-from .host import HostClient, HostError, host
+from .host import HostClient, HostError, host, host_token
 from .plugin import Plugin, PluginError
 
-__all__ = ["HostClient", "HostError", "Plugin", "PluginError", "host"]
+__all__ = ["HostClient", "HostError", "Plugin", "PluginError", "host", "host_token"]

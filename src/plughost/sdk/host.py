@@ -20,6 +20,35 @@ _LEVELS = {"debug": 0, "info": 1, "warn": 2, "warning": 2, "error": 3}
 _current_call = threading.local()
 
 
+_token_lock = threading.Lock()
+_token: str | None = None
+
+
+def host_token() -> str:
+    """This start's host token, read once from the pipe named by PLUGHOST_HOST_TOKEN_FD.
+
+    The host hands the token over a pipe, not the environment (which other processes of
+    the same user can read), and the pipe is closed as soon as it is read. `serve()` reads
+    it before the plugin announces itself; "" when not started by a host."""
+    global _token
+    with _token_lock:
+        if _token is None:
+            fd = os.environ.pop("PLUGHOST_HOST_TOKEN_FD", "")
+            data = b""
+            if fd.isdigit():
+                try:
+                    while len(data) < 1024:
+                        chunk = os.read(int(fd), 1024)
+                        if not chunk:
+                            break
+                        data += chunk
+                    os.close(int(fd))
+                except OSError:
+                    data = b""
+            _token = data.decode("ascii", "replace").strip()
+        return _token
+
+
 class HostError(Exception):
     """The host refused or failed a host call (the message says why)."""
 
@@ -47,7 +76,7 @@ class HostClient:
 
     @staticmethod
     def _metadata() -> tuple[tuple[str, str], ...]:
-        return ((HOST_TOKEN_METADATA, os.environ.get("PLUGHOST_HOST_TOKEN", "")),)
+        return ((HOST_TOKEN_METADATA, host_token()),)
 
     def call(self, function: str, args: Any = None) -> Any:
         """Run host function `function` with JSON-able `args`; return its decoded result."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
 import signal
@@ -19,7 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from ..proto import CALL_ID_METADATA, CHANNEL_OPTIONS
 from ..proto.plughost.v1 import plugin_pb2 as pb
 from ..proto.plughost.v1 import plugin_pb2_grpc as pb_grpc
-from .host import _current_call
+from .host import _current_call, host_token
 
 Handler = Callable[[Any], Any]
 F = TypeVar("F", bound=Handler)
@@ -77,6 +79,8 @@ class Plugin:
         if "1" not in os.environ.get("PLUGIN_PROTOCOL_VERSIONS", "1").split(","):
             sys.stderr.write("plughost plugin: the host does not speak protocol version 1\n")
             sys.exit(1)
+        host_token()  # read and close the token pipe before any plugin code runs again
+        _undumpable()
         sock_dir = os.environ.get("PLUGIN_UNIX_SOCKET_DIR") or tempfile.mkdtemp()
         path = os.path.join(sock_dir, f"plugin-{os.getpid()}.sock")
         if os.path.exists(path):
@@ -110,6 +114,14 @@ class Plugin:
             os.unlink(path)
         sys.stdout.flush()
         os._exit(0)  # grpc's threads must not keep a stopped plugin alive
+
+
+def _undumpable() -> None:
+    """Keep other processes of this user (a sibling plugin, say) out of this one's memory,
+    where its host token lives (Linux; elsewhere a no-op)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE, 0
 
 
 def _watch_parent(stop: threading.Event) -> None:
