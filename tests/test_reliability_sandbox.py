@@ -338,44 +338,46 @@ def test_host_is_not_dumpable_once_it_starts_plugins(
     assert ctypes.CDLL(None).prctl(pr_get_dumpable, 0, 0, 0, 0) == 0
 
 
+@pytest.mark.parametrize("attacker", ["itself", "sibling"])
 @pytest.mark.parametrize("mode", MODES)
-def test_a_rewritten_private_copy_never_runs(plugins: Path, manager: Manager,
-                                             confined: Callable[..., Loader], mode: str,
-                                             tmp_path: Path) -> None:
+def test_a_rewritten_private_copy_never_runs(plugins: Path, manager: Manager, mode: str,
+                                             attacker: str, tmp_path: Path) -> None:
     key_path, pub = generate_keypair(tmp_path / "key")
-    pdir = probe(plugins, "signed")
-    sign_path(pdir, load_private_key(key_path))
+    key = load_private_key(key_path)
+    for name in ("victim", "spy"):
+        sign_path(probe(plugins, name), key)
     loader = Loader(plugins, manager, cache_dir=None, restart_policy=FAST, trusted_keys=[pub],
                     sandbox=Sandbox(mode, read_only=(), writable=()))  # type: ignore[arg-type]
     try:
-        assert loader.load_all() == (1, [])
-        run_dir = grpc_of(manager, "signed").source.plugin_dir
-        assert run_dir != pdir and (run_dir / "plugin.py").exists()
+        assert loader.load_all() == (2, [])
+        run_dir = grpc_of(manager, "victim").source.plugin_dir
+        assert run_dir != plugins / "victim" and (run_dir / "plugin.py").exists()
         assert os.stat(run_dir).st_mode & 0o222 == 0  # read-only, by mode too
-        # The plugin rewrites its own verified copy (a sibling could try the same), so
-        # that its next start would run code nobody signed.
+        # The victim's verified copy is rewritten, by the victim itself or by a sibling
+        # with only `log`, so that its next start would run code nobody signed.
         marker = tmp_path / "unsigned-code-ran"
         evil = f"open({str(marker)!r}, 'w').write('ran')\n"
-        wrote = manager.call("signed", "write", {"path": str(run_dir / "plugin.py"),
-                                                 "text": evil})
-        if mode == "bwrap":
-            assert wrote == "EROFS"
+        who = "victim" if attacker == "itself" else "spy"
+        wrote = manager.call(who, "write", {"path": str(run_dir / "plugin.py"), "text": evil})
+        if mode == "bwrap":  # read-only for itself, not even there for a sibling
+            assert wrote == ("EROFS" if attacker == "itself" else "ENOENT")
         else:  # root ignores modes, another user may chmod them back: the pin holds
             assert wrote in ("ok", "EACCES")
             if wrote != "ok":
                 os.chmod(run_dir / "plugin.py", 0o600)
                 (run_dir / "plugin.py").write_text(evil)
-        old = grpc_of(manager, "signed").pid
+        old = grpc_of(manager, "victim").pid
         with pytest.raises(PluginUnavailable):
-            manager.call("signed", "die")
+            manager.call("victim", "die")
         if mode == "bwrap":  # nothing changed: it comes back
-            restarted(manager, "signed", old)
-            assert manager.call("signed", "pid") == 2
+            restarted(manager, "victim", old)
+            assert manager.call("victim", "pid") == 2
         else:  # it changed: every restart refuses, then the circuit opens
-            restarted(manager, "signed", old, state="failed")
+            restarted(manager, "victim", old, state="failed")
             assert any("private copy changed since it was verified" in r.message
-                       for r in manager.log_for("signed").records())
+                       for r in manager.log_for("victim").records())
         assert not marker.exists()
+        assert manager.call("spy", "pid") > 0  # the sibling serves throughout
     finally:
         loader.close()
 
