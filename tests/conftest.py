@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import email
+import email.policy
 import os
 import shutil
+import socket
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
 import wasmtime
 import yaml
+from aiosmtpd.controller import Controller
 
 from plughost import Loader, Manager
 from plughost.host import HostSettings
@@ -130,3 +136,48 @@ def hosts(tmp_path: Path) -> Iterator[MakeHost]:
     yield make
     for m in made:
         m.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Envelope:
+    mail_from: str
+    rcpt_tos: list[str]
+    message: EmailMessage
+
+
+class SmtpCollector:
+    """An aiosmtpd handler keeping every message it receives."""
+
+    def __init__(self) -> None:
+        self.received: list[Envelope] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        assert isinstance(msg, EmailMessage)
+        self.received.append(Envelope(envelope.mail_from, list(envelope.rcpt_tos), msg))
+        return "250 Message accepted for delivery"
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[tuple[int, SmtpCollector]]:
+    """A real SMTP server (aiosmtpd) on a free loopback port."""
+    handler = SmtpCollector()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield port, handler
+    controller.stop()
+
+
+def status_mib(field: str) -> float:
+    """A size from /proc/self/status in MiB: "VmRSS" (resident now), "VmHWM" (its peak)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no {field} in /proc/self/status")

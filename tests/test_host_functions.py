@@ -10,24 +10,19 @@ result by counting those lines.
 
 from __future__ import annotations
 
-import email
-import email.policy
 import http.server
 import json
 import re
-import socket
 import sqlite3
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
 import wasmtime
 import yaml
-from aiosmtpd.controller import Controller
 
 from plughost import Loader, Manager, PluginCallError, PluginTimeout
 from plughost.host import HostSettings
@@ -35,7 +30,7 @@ from plughost.host.mail import SMTPSettings
 from plughost.manifest import PERMISSIONS
 from plughost.runtimes.wasm import WasmEngine
 
-from .conftest import WAT, MakeHost, wait_until, write_plugin_dir
+from .conftest import WAT, MakeHost, SmtpCollector, wait_until, write_plugin_dir
 
 HOST_FIXTURES = Path(__file__).parent / "fixtures" / "host"
 
@@ -104,12 +99,6 @@ def refused(manager: Manager, name: str, fn: str, args: Any, *fragments: str) ->
 def plugin_records(manager: Manager, name: str) -> list[tuple[str, str]]:
     return [(r.level, r.message) for r in manager.log_for(name).records()
             if r.source == "plugin"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- permissions: every host function but translate needs its own -------------------------
@@ -598,37 +587,9 @@ def test_http_post_body_reaches_the_server(web: Manager, http_server: HttpServer
 # -- send_email -----------------------------------------------------------------------
 
 
-@dataclass
-class Envelope:
-    mail_from: str
-    rcpt_tos: list[str]
-    message: EmailMessage
-
-
-class _Collector:
-    def __init__(self) -> None:
-        self.received: list[Envelope] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        assert isinstance(msg, EmailMessage)
-        self.received.append(Envelope(envelope.mail_from, list(envelope.rcpt_tos), msg))
-        return "250 Message accepted for delivery"
-
-
-@pytest.fixture
-def smtp_server() -> Iterator[tuple[int, _Collector]]:
-    handler = _Collector()
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    yield port, handler
-    controller.stop()
-
-
 @pytest.fixture
 def mailer(plugins: Path, engine: WasmEngine, hosts: MakeHost,
-           smtp_server: tuple[int, _Collector]) -> Manager:
+           smtp_server: tuple[int, SmtpCollector]) -> Manager:
     wasm(plugins, "mailer", ["email"])
     m = hosts(smtp=SMTPSettings(host="127.0.0.1", port=smtp_server[0],
                                 sender="host@example.com", timeout=5.0))
@@ -637,7 +598,7 @@ def mailer(plugins: Path, engine: WasmEngine, hosts: MakeHost,
 
 
 def test_send_email_arrives_with_the_plugin_header(mailer: Manager,
-                                                   smtp_server: tuple[int, _Collector]) -> None:
+                                                   smtp_server: tuple[int, SmtpCollector]) -> None:
     _, inbox = smtp_server
     assert ok(mailer, "mailer", "send_email", {"to": "alice@example.com", "subject": "Report",
                                                "body": "All good.\nLine two."}) == {"sent": True}
@@ -672,7 +633,7 @@ def test_send_email_without_smtp_configured_is_refused(plugins: Path, engine: Wa
 
 @pytest.mark.parametrize("to", ["nobody", [], ["a@example.com", 5], None, {"a": "b@c.d"}],
                          ids=["no-at", "empty", "non-string", "missing", "object"])
-def test_send_email_invalid_to_is_refused(mailer: Manager, smtp_server: tuple[int, _Collector],
+def test_send_email_invalid_to_is_refused(mailer: Manager, smtp_server: tuple[int, SmtpCollector],
                                           to: Any) -> None:
     args: dict[str, Any] = {"subject": "s", "body": "b"}
     if to is not None:
@@ -682,7 +643,7 @@ def test_send_email_invalid_to_is_refused(mailer: Manager, smtp_server: tuple[in
 
 
 def test_send_email_header_injection_is_refused(
-        mailer: Manager, smtp_server: tuple[int, _Collector]) -> None:
+        mailer: Manager, smtp_server: tuple[int, SmtpCollector]) -> None:
     for args in [{"to": "a@example.com", "subject": "Hi\r\nBcc: evil@example.com", "body": "b"},
                  {"to": "a@example.com\r\nBcc: evil@example.com", "subject": "s", "body": "b"},
                  {"to": "a@example.com", "subject": "Hi\nX-Plughost-Plugin: other",

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 
 from plughost import Loader, Manager
 from plughost.errors import HostCallError, PluginTimeout
@@ -25,17 +24,14 @@ from plughost.host.mail import SMTPSettings
 from plughost.logs import DEFAULT_MAX_CHARS, MAX_MESSAGE_CHARS, PluginLog
 from plughost.runtimes.wasm import WasmEngine
 
-from .conftest import MakeHost
+from .conftest import MakeHost, SmtpCollector, status_mib
 from .test_grpc_runtime import fixture_plugin
-from .test_host_functions import _Collector, free_port, load, ok, raw_call, refusals, refused, wasm
+from .test_host_functions import load, ok, raw_call, refusals, refused, wasm
 
 
 def peak_rss_mib() -> float:
-    """The peak RSS since the last `reset_peak_rss` (VmHWM in /proc/self/status)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM in /proc/self/status")
+    """The peak RSS since the last `reset_peak_rss`."""
+    return status_mib("VmHWM")
 
 
 def reset_peak_rss() -> float:
@@ -230,19 +226,9 @@ def test_a_dripping_server_cannot_hold_a_call_past_its_deadline(
 # -- mail -----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def inbox() -> Iterator[tuple[int, _Collector]]:
-    handler = _Collector()
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    yield port, handler
-    controller.stop()
-
-
 def test_send_email_caps(plugins: Path, engine: WasmEngine, hosts: MakeHost,
-                         inbox: tuple[int, _Collector]) -> None:
-    port, collected = inbox
+                         smtp_server: tuple[int, SmtpCollector]) -> None:
+    port, collected = smtp_server
     wasm(plugins, "tk", ["email"])
     m = hosts(smtp=SMTPSettings(host="127.0.0.1", port=port), mail_max_recipients=3,
               mail_max_body_bytes=1000)

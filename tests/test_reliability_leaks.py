@@ -17,17 +17,14 @@ import pytest
 from plughost import Loader, Manager, PluginTrap
 from plughost.runtimes.wasm import WasmEngine
 
-from .conftest import write_plugin_dir
+from .conftest import status_mib, write_plugin_dir
 from .test_grpc_runtime import sdk_plugin
 
 _MIB = 1024 * 1024
 
 
 def rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS in /proc/self/status")
+    return status_mib("VmRSS")
 
 
 def open_fds() -> int:

@@ -24,7 +24,7 @@ from plughost.runtimes.wasm import WasmEngine
 from plughost.server import create_app
 from plughost.server.events import EventHub
 
-from .conftest import wait_until, write_plugin_dir
+from .conftest import free_port, wait_until, write_plugin_dir
 from .serving import Served, descendants, gone, serve_in_thread
 
 ROUTES_PLUGIN = '''
@@ -443,12 +443,6 @@ def test_graceful_shutdown_unloads_everything(serve: Serve) -> None:
     assert s.state.loader.watcher is None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _plughost(*args: str, cache: Path) -> subprocess.Popen[str]:
     env = dict(os.environ, PLUGHOST_CACHE_DIR=str(cache), PYTHONUNBUFFERED="1", COLUMNS="200")
     return subprocess.Popen([sys.executable, "-m", "plughost", *args], env=env, text=True,
@@ -457,7 +451,7 @@ def _plughost(*args: str, cache: Path) -> subprocess.Popen[str]:
 
 def test_serve_command_runs_and_stops_gracefully_on_sigterm(plugin_dir: Path,
                                                             tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     proc = _plughost("serve", str(plugin_dir), "--port", str(port), "--no-watch",
                      cache=tmp_path / "cache")
     try:

@@ -22,9 +22,6 @@ from starlette.responses import JSONResponse, Response
 from ..registration import ROUTE_PARAM, Route
 from .errors import error_json
 
-_PARAM = ROUTE_PARAM
-
-
 _PRIVATE_HEADERS = frozenset({"cookie", "authorization", "proxy-authorization"})
 _SANDBOX = {"content-security-policy": "sandbox allow-scripts allow-forms",
             "x-content-type-options": "nosniff"}
@@ -35,7 +32,7 @@ def compile_path(path: str) -> re.Pattern[str]:
     """`/items/{id}` (or gin's `/items/:id`) as a regex; `{rest:path}` spans segments."""
     parts = []
     for segment in path.strip("/").split("/"):
-        m = _PARAM.match(segment)
+        m = ROUTE_PARAM.match(segment)
         if m is None:
             parts.append(re.escape(segment))
         elif m.group(2):
