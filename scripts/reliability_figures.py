@@ -29,8 +29,9 @@ from pathlib import Path
 import yaml
 
 from plughost import Loader, Manager, PluginUnavailable
-from plughost.runtimes.grpc import GrpcPlugin, RestartPolicy
+from plughost.runtimes.grpc import GrpcPlugin
 from plughost.runtimes.sandbox import Sandbox
+from plughost.runtimes.supervisor import RestartPolicy
 
 ROOT = Path(__file__).resolve().parent.parent
 PROBE = ROOT / "tests" / "fixtures" / "grpc" / "probe_plugin.py"

@@ -26,18 +26,18 @@ def test_list_json_and_table(examples: Path, tmp_path: Path) -> None:
     r = plughost("list", str(examples), "--json", cache=tmp_path / "c")
     assert r.returncode == 0, r.stderr
     rows = {row["name"]: row for row in json.loads(r.stdout)}
-    assert rows["hello"]["state"] == "loaded" and rows["hello"]["version"] == "1.0.0"
-    assert rows["counter"]["state"] == "loaded" and rows["counter"]["type"] == "wasm"
+    assert rows["hello"]["state"] == "running" and rows["hello"]["version"] == "1.0.0"
+    assert rows["counter"]["state"] == "running" and rows["counter"]["type"] == "wasm"
     table = plughost("list", str(examples), cache=tmp_path / "c")
     assert table.returncode == 0
-    assert "counter" in table.stdout and "loaded" in table.stdout
+    assert "counter" in table.stdout and "running" in table.stdout
     (examples / "broken").mkdir()
     (examples / "broken" / "plugin.yaml").write_text("runtime: lua\n")
     r = plughost("list", str(examples), "--json", cache=tmp_path / "c")
     assert r.returncode == 1  # the list is printed whole, and the exit says one is broken
     rows = {row["name"]: row for row in json.loads(r.stdout)}
     assert rows["broken"]["state"] == "error" and "runtime" in rows["broken"]["error"]
-    assert rows["hello"]["state"] == "loaded"
+    assert rows["hello"]["state"] == "running"
 
 
 def test_call_prints_json(examples: Path, tmp_path: Path) -> None:

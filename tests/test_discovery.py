@@ -1,4 +1,4 @@
-"""Discovery (SPEC 1 and 2): `plughost.discovery.scan` and `Loader.discover_all` & co.
+"""Discovery: `plughost.discovery.scan` and `Loader.discover_all` & co.
 
 Scanning never compiles anything, so layout-only tests write placeholder `.wasm` bytes; tests
 that load use real modules from conftest's `write_wasm` / `write_plugin_dir`.

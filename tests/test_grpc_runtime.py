@@ -1,4 +1,4 @@
-"""The grpc runtime end to end: real child processes, real sockets, real signals (SPEC 4).
+"""The grpc runtime end to end: real child processes, real sockets, real signals.
 
 Fixture plugins live in tests/fixtures/grpc; each test copies what it needs into a plugin
 directory of its own. `raw_plugin.py` is written only from docs/protocol.md (raw grpcio and
@@ -36,7 +36,8 @@ from plughost import (
     PluginTimeout,
     PluginUnavailable,
 )
-from plughost.runtimes.grpc import GrpcPlugin, RestartPolicy
+from plughost.runtimes.grpc import GrpcPlugin
+from plughost.runtimes.supervisor import RestartPolicy
 from plughost.runtimes.wasm import WasmEngine
 
 from .conftest import wait_until, write_wasm

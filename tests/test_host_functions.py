@@ -1,4 +1,4 @@
-"""Host functions end to end (SPEC 6): real wasm plugins (testkit's `host` function forwards
+"""Host functions end to end: real wasm plugins (testkit's `host` function forwards
 `b"<fn>|<json>"` to gk.host_call), real grpc SDK plugins (tests/fixtures/host/relay.py), a
 real SQLite file, a local HTTP server, a local SMTP server (aiosmtpd).
 

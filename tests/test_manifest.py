@@ -1,4 +1,4 @@
-"""plugin.yaml (SPEC 2) through `load_manifest`, and the registration (SPEC 5).
+"""plugin.yaml through `load_manifest`, and the registration.
 
 Every test writes a real plugin.yaml and real files into a temp directory. Errors must be
 `ManifestError`s that name the field (`.field`), the plugin.yaml (`.path`), the plugin
@@ -604,7 +604,7 @@ def test_a_clean_manifest_has_no_warnings(tmp_path: Path) -> None:
     assert load_manifest(pdir).warnings == ()
 
 
-# -- registration (SPEC 5) ---------------------------------------------------------------------
+# -- registration ---------------------------------------------------------------------
 
 FULL_REGISTRATION: dict[str, Any] = {
     "name": "stats",

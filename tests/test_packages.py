@@ -1,4 +1,4 @@
-"""Plugin packages (SPEC 2, 7): `plughost pack`, loading `<name>.zip`, and hostile archives.
+"""Plugin packages: `plughost pack`, loading `<name>.zip`, and hostile archives.
 
 Hostile archives are built here with `zipfile`, each with a valid manifest and module so the
 only thing wrong is the trick under test. Every one must be refused with an error naming the

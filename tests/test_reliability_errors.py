@@ -53,7 +53,7 @@ def test_list_shows_load_failures_and_exits_nonzero(examples: Path, tmp_path: Pa
     r = plughost("list", str(examples), "--json", cache=tmp_path / "c")
     assert r.returncode == 1, r.stderr
     rows = {row["name"]: row for row in json.loads(r.stdout)}
-    assert rows["hello"]["state"] == "loaded"  # the good ones still load
+    assert rows["hello"]["state"] == "running"  # the good ones still load
     assert rows["badbytes"]["state"] == "error" and rows["badbytes"]["error"]
     assert rows["badyaml"]["state"] == "error" and "plugin.yaml" in rows["badyaml"]["error"]
     assert rows["x[bold]y"]["state"] == "error"
@@ -62,7 +62,7 @@ def test_list_shows_load_failures_and_exits_nonzero(examples: Path, tmp_path: Pa
     assert table.returncode == 1
     lines = {line.split("│")[1].strip(): line for line in table.stdout.splitlines()
              if line.count("│") > 2}
-    assert "error" in lines["badbytes"] and "loaded" in lines["hello"]
+    assert "error" in lines["badbytes"] and "running" in lines["hello"]
     # markup in a file name is printed as written, not taken as a style
     assert "'x[bold]y.wasm' is not a valid plugin name" in table.stdout
     assert "3 of" in table.stderr and "plugins failed" in table.stderr

@@ -25,8 +25,9 @@ import yaml
 from plughost import Loader, Manager, PluginLoadError, PluginUnavailable
 from plughost.proto.plughost.v1 import plugin_pb2 as pb
 from plughost.proto.plughost.v1 import plugin_pb2_grpc as pb_grpc
-from plughost.runtimes.grpc import GrpcPlugin, RestartPolicy
+from plughost.runtimes.grpc import GrpcPlugin
 from plughost.runtimes.sandbox import Sandbox
+from plughost.runtimes.supervisor import RestartPolicy
 from plughost.signing import generate_keypair, load_private_key, sign_path
 
 from .conftest import FIXTURES, wait_until

@@ -1,4 +1,4 @@
-"""The server (SPEC 9) over real HTTP: uvicorn on a loopback port, httpx as the client,
+"""The server over real HTTP: uvicorn on a loopback port, httpx as the client,
 a private copy of examples/plugins (hello: WAT, counter: C, greeter: Python grpc)."""
 
 from __future__ import annotations

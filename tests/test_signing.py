@@ -1,4 +1,4 @@
-"""Signatures (SPEC 7) with real ed25519 keys: every load path verifies, the verified bytes
+"""Signatures with real ed25519 keys: every load path verifies, the verified bytes
 are the bytes that run, and the formats are GoatFlow's.
 
 Three plugin shapes are signed throughout: a single `.wasm` (sidecar `x.wasm.sig`), a wasm
@@ -40,7 +40,7 @@ from plughost import (
     SignatureError,
 )
 from plughost.cli import app
-from plughost.runtimes.grpc import RestartPolicy
+from plughost.runtimes.supervisor import RestartPolicy
 from plughost.runtimes.wasm import WasmEngine
 from plughost.signing import (
     generate_keypair,

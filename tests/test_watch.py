@@ -1,4 +1,4 @@
-"""Hot reload (SPEC 8): real file operations under a running watcher, both plugin kinds.
+"""Hot reload: real file operations under a running watcher, both plugin kinds.
 
 Every test waits on something that says the watcher acted: a manager event caught by a
 listener, `Watcher.wait_for_batch`, or a condition polled with `wait_until`. To show that
@@ -586,7 +586,7 @@ def test_relative_plugin_dir_reloads_changed_module(tmp_path: Path, manager: Man
     write_wasm(tmp_path / "rel", "a")
     monkeypatch.chdir(tmp_path)
     rec = Recorder(manager)
-    loader = Loader("rel", manager, engine=engine)  # SPEC 1 writes Loader("plugins/", ...)
+    loader = Loader("rel", manager, engine=engine)  # the documented form: Loader("plugins/", ...)
     try:
         loader.load_all()
         watcher = loader.watch_dir(debounce_ms=DEBOUNCE_MS)

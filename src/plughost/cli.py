@@ -1,4 +1,6 @@
-"""The `plughost` command line (SPEC 9). Errors are one clear line and a non-zero exit."""
+"""The `plughost` command line (README, docs/server.md).
+
+Errors are one clear line and a non-zero exit."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .errors import PlughostError
+from .listing import BROKEN, plugin_rows
 from .loader import Loader
 from .manager import Manager
 from .packaging import pack
@@ -70,21 +73,18 @@ def list_cmd(directory: DirArg = Path("plugins"),
         with out.status("loading plugins...", spinner="dots") if load and not as_json \
                 else nullcontext():
             loader.load_all()
-        rows: list[dict[str, str]] = []
-        for d in loader.discovered_plugins():
-            plugin = manager.get(d.name) if d.loaded else None
-            version = (plugin.registration.version if plugin else
-                       d.manifest.version if d.manifest else "")
-            state = "error" if d.error else ("loaded" if d.loaded else "discovered")
-            rows.append({"name": d.name, "type": d.type, "version": version, "state": state,
-                         "path": str(d.path), "error": str(d.error) if d.error else ""})
+        # the same rows as the JSON API, with the columns a terminal needs
+        rows: list[dict[str, str]] = [
+            {"name": r["name"], "type": r["type"], "version": r["version"],
+             "state": r["state"], "path": r["path"], "error": r["error"] or ""}
+            for r in plugin_rows(manager, loader)]
     except PlughostError as exc:
         raise _fail(str(exc)) from None
     finally:
         if loader is not None:
             loader.close()
         manager.close()
-    failed = sum(r["state"] == "error" for r in rows)
+    failed = sum(r["state"] in BROKEN for r in rows)
     if as_json:
         print(json.dumps(rows, indent=2))
     else:
@@ -94,7 +94,8 @@ def list_cmd(directory: DirArg = Path("plugins"),
         for col in ("name", "type", "version", "state", "path / error"):
             table.add_column(col, overflow="fold")
         for r in rows:
-            style = {"loaded": "green", "error": "red"}.get(r["state"], "")
+            style = "red" if r["state"] in BROKEN else "green" if r["state"] == "running" \
+                else ""
             table.add_row(Text(r["name"]), Text(r["type"]), Text(r["version"]),
                           Text(r["state"], style=style), Text(r["error"] or r["path"]))
         out.print(table)

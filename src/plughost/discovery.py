@@ -1,4 +1,5 @@
-"""Discovery: walk a plugin tree and say what is there, without loading anything (SPEC 2).
+"""Discovery: walk a plugin tree and say what is there, without loading anything
+(the layout rules are in docs/plugin-authors.md).
 
 - A directory holding plugin.yaml is one plugin and owns its whole subtree.
 - Any other `<name>.wasm` is a wasm plugin named by its file; `<name>.zip` a package.

@@ -27,8 +27,9 @@ from .manager import Manager
 from .manifest import Manifest, load_manifest
 from .packaging import PackageLimits
 from .plugin import Kind, Plugin
-from .runtimes.grpc import RestartPolicy, load_grpc_plugin
+from .runtimes.grpc import load_grpc_plugin
 from .runtimes.sandbox import Sandbox, SandboxMode
+from .runtimes.supervisor import RestartPolicy
 from .runtimes.wasm import WasmEngine, load_wasm_plugin
 from .staging import Stager, TrustedKey
 from .watch import Watcher
@@ -69,7 +70,7 @@ class _NameLock:
 
 
 class Loader:
-    """Discovery and loading for one plugin directory (SPEC 1)."""
+    """Discovery and loading for one plugin directory (docs/architecture.md)."""
 
     def __init__(self, plugin_dir: str | Path, manager: Manager, *, lazy: bool = False,
                  trusted_keys: Iterable[TrustedKey] | None = None,
@@ -306,7 +307,7 @@ class Loader:
     # -- hot reload ----------------------------------------------------------------------
 
     def watch_dir(self, debounce_ms: int = 500) -> Watcher:
-        """Watch the plugin directory and apply changes as they happen (SPEC 8)."""
+        """Watch the plugin directory and apply changes as they happen (docs/operations.md)."""
         with self._lock:
             if self._watcher is not None and self._watcher.running:
                 return self._watcher
@@ -342,10 +343,10 @@ class Loader:
     # -- asyncio twins -------------------------------------------------------------------
 
     async def aload_all(self) -> tuple[int, list[PlughostError]]:
-        return await self.manager.run_blocking(self.load_all)  # type: ignore[no-any-return]
+        return await self.manager.run_blocking(self.load_all)
 
     async def adiscover_all(self) -> int:
-        return await self.manager.run_blocking(self.discover_all)  # type: ignore[no-any-return]
+        return await self.manager.run_blocking(self.discover_all)
 
     async def aensure_loaded(self, name: str) -> None:
         await self.manager.run_blocking(self.ensure_loaded, name)
@@ -366,11 +367,11 @@ class Loader:
         await self.manager.run_blocking(self.load_wasm, name)
 
     async def aload_wasm_from_path(self, path: str | Path, name: str | None = None) -> str:
-        return await self.manager.run_blocking(  # type: ignore[no-any-return]
+        return await self.manager.run_blocking(
             self.load_wasm_from_path, path, name)
 
     async def awatch_dir(self, debounce_ms: int = 500) -> Watcher:
-        return await self.manager.run_blocking(  # type: ignore[no-any-return]
+        return await self.manager.run_blocking(
             self.watch_dir, debounce_ms)
 
     async def astop_watch(self) -> None:

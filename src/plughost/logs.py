@@ -24,7 +24,7 @@ MAX_MESSAGE_CHARS = 16 * 1024
 #: One plugin's buffer, at most (the sum of its messages' lengths).
 DEFAULT_MAX_CHARS = 1024 * 1024
 
-#: gk.log levels (SPEC 3) mapped to stdlib levels.
+#: gk.log levels (docs/wasm-abi.md) mapped to stdlib levels.
 GK_LEVELS = {0: logging.DEBUG, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR}
 
 

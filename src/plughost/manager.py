@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import threading
@@ -19,7 +20,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 from .errors import (
     PlughostError,
@@ -32,9 +33,12 @@ from .errors import (
 )
 from .host import HostAPI, HostFunctions, HostSettings, chain, default_host_functions
 from .leftovers import remove
+from .lifecycle import EventKind, PluginState
 from .logs import PluginLog
 from .plugin import Plugin
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 logger = logging.getLogger(__name__)
 
 
@@ -56,15 +60,14 @@ class PluginInfo:
     loaded_at: float
     enabled: bool
     inflight: int
-    state: str
+    state: PluginState
 
 
 @dataclass(frozen=True)
 class Event:
-    """A lifecycle change: kind is load | unload | reload | enable | disable | error |
-    crash | restart | failed | call_error (a call failed; detail says why)."""
+    """A lifecycle change; the kinds and what each means are in `plughost.lifecycle`."""
 
-    kind: str
+    kind: EventKind
     plugin: str
     time: float = field(default_factory=time.time)
     detail: str = ""
@@ -295,8 +298,8 @@ class Manager:
         entry = self._acquire(name)
         try:
             # A nested call (plugin_call) inherits what is left of its caller's deadline.
-            with chain.entered(name, _limit_of(entry.plugin, timeout)) as left:
-                return entry.plugin.call(function, args, timeout=left)
+            with chain.entered(name, _limit_of(entry.plugin, timeout)) as deadline:
+                return entry.plugin.call(function, args, deadline=deadline)
         except PlughostError as exc:
             self._call_failed(name, exc)
             raise
@@ -328,9 +331,12 @@ class Manager:
 
     # -- asyncio twins: blocking work runs on the manager's pool, never on the loop ------
 
-    async def _run(self, fn: Callable[..., Any], *args: Any, timeout: float | None = None,
-                   plugin: str | None = None) -> Any:
-        fut = asyncio.get_running_loop().run_in_executor(self._executor, lambda: fn(*args))
+    async def _run(self, fn: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        return await self._run_within(None, None, functools.partial(fn, *args, **kwargs))
+
+    async def _run_within(self, timeout: float | None, plugin: str | None,
+                          fn: Callable[[], _R]) -> _R:
+        fut = asyncio.get_running_loop().run_in_executor(self._executor, fn)
         if timeout is None:
             return await fut
         try:
@@ -344,21 +350,22 @@ class Manager:
         cancellation the awaiting task stops at once and the call ends by its deadline."""
         # A little slack so the runtime's own, more precise timeout error wins the race.
         outer = None if timeout is None else timeout + 0.5
-        return await self._run(lambda: self.call(name, function, args, timeout=timeout),
-                               timeout=outer, plugin=name)
+        return await self._run_within(
+            outer, name, lambda: self.call(name, function, args, timeout=timeout))
 
     async def areplace(self, plugin: Plugin) -> Plugin | None:
-        return await self._run(self.replace, plugin)  # type: ignore[no-any-return]
+        return await self._run(self.replace, plugin)
 
     async def aunregister(self, name: str) -> Plugin:
-        return await self._run(self.unregister, name)  # type: ignore[no-any-return]
+        return await self._run(self.unregister, name)
 
     async def ashutdown_all(self, timeout: float | None = None) -> None:
         await self._run(self.shutdown_all, timeout)
 
-    async def run_blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def run_blocking(self, fn: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs
+                           ) -> _R:
         """Run any blocking plughost call on the manager's pool (used by the loader)."""
-        return await self._run(fn, *args)
+        return await self._run(fn, *args, **kwargs)
 
     # -- events --------------------------------------------------------------------------
 
@@ -376,7 +383,7 @@ class Manager:
             except Exception:
                 logger.exception("event listener failed for %s", event)
 
-    def emit(self, kind: str, plugin: str, detail: str = "") -> None:
+    def emit(self, kind: EventKind, plugin: str, detail: str = "") -> None:
         """Publish a lifecycle event (used by the loader for errors)."""
         self._emit(Event(kind, plugin, detail=detail))
 

@@ -1,4 +1,5 @@
-"""plugin.yaml: parsed once into a typed `Manifest`, with every rule of SPEC 2 enforced.
+"""plugin.yaml: parsed once into a typed `Manifest`, with every rule enforced
+(docs/plugin-authors.md, "plugin.yaml").
 
 Errors name the file, the field and the problem. Unknown keys are kept and reported as
 warnings, so a manifest written for a newer plughost still loads on this one.
@@ -23,7 +24,7 @@ MANIFEST_FILE = "plugin.yaml"
 NAME_PATTERN = r"[a-z0-9][a-z0-9._-]{0,63}"
 _NAME_RE = re.compile(NAME_PATTERN)
 
-#: Permission names a manifest may grant, and the host functions they unlock (SPEC 6).
+#: Permission names a manifest may grant, and the host functions they unlock.
 PERMISSIONS: frozenset[str] = frozenset(
     {"db.read", "db.write", "cache", "http", "email", "config", "plugin.call", "log"}
 )

@@ -1,4 +1,5 @@
-"""Plugin packages: a plugin directory as one `.zip` (SPEC 2), packed and unpacked safely.
+"""Plugin packages: a plugin directory as one `.zip` (docs/operations.md), packed and
+unpacked safely.
 
 Unpacking treats the archive as hostile. Entries are checked before anything is written:
 no absolute names, no `..`, no symlinks, devices or FIFOs, no duplicates; sizes are counted
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from .errors import PluginLoadError, SignatureError
-from .signing import list_directory
+from .signing import DIR_SIGNATURE, list_directory
 
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same directory packs to the same bytes
 _CHUNK = 64 * 1024
@@ -40,8 +41,8 @@ def pack(directory: Path, out: Path) -> int:
     except SignatureError as exc:
         raise PluginLoadError(f"cannot pack: {exc.message}", path=directory) from None
     names = sorted(listing.files)
-    if (directory / "plugin.sig").is_file():
-        names.append("plugin.sig")
+    if (directory / DIR_SIGNATURE).is_file():
+        names.append(DIR_SIGNATURE)
     tmp = out.with_name(f".{out.name}.tmp")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for rel in names:

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
+from .deadline import Deadline
+from .lifecycle import PluginState
 from .logs import PluginLog
 from .manifest import LoadedManifest, Manifest
 from .registration import Registration
@@ -53,11 +55,11 @@ class Plugin(Protocol):
     def log(self) -> PluginLog: ...
 
     @property
-    def state(self) -> str:
-        """running | restarting | failed | stopped (wasm plugins are always running)."""
+    def state(self) -> PluginState:
+        """See `plughost.lifecycle.PluginState` (a wasm plugin runs until shut down)."""
         ...
 
-    def call(self, function: str, args: bytes, *, timeout: float | None = None) -> bytes:
+    def call(self, function: str, args: bytes, *, deadline: Deadline | None = None) -> bytes:
         """Run `function` with JSON `args`; return the JSON result (b"" for none).
 
         `timeout` (seconds) can only shorten the manifest's `call_timeout_ms`.

@@ -1,4 +1,5 @@
-"""The registration: what a plugin says about itself (SPEC 5), for both runtimes.
+"""The registration: what a plugin says about itself, for both runtimes
+(docs/plugin-authors.md, "The registration").
 
 Parsed once from the JSON a plugin returns (`gk_register` or the `Register` RPC), at most
 1 MiB of it; any malformed input (deep nesting, huge numbers, bad UTF-8) is the plugin's

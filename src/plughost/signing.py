@@ -1,4 +1,4 @@
-"""ed25519 signatures for plugins (SPEC 7; formats in docs/signing.md).
+"""ed25519 signatures for plugins (formats and rules in docs/signing.md).
 
 - A single file `x.wasm` is signed by `x.wasm.sig`: the 64-byte signature, hex, over the
   SHA-256 digest of the file (GoatFlow's format).
@@ -33,8 +33,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from .errors import SignatureError
 from .inputs import MODULE_MAX_BYTES, SIGNATURE_MAX_BYTES, describe, read_regular
 
+#: The signature files, named here only: a plugin directory's signature inside it, and a
+#: single file's (`x.wasm`, `x.zip`) beside it as `x.wasm.sig`.
 DIR_SIGNATURE = "plugin.sig"
 SIG_SUFFIX = ".sig"
+
+
+def sidecar(path: Path) -> Path:
+    """The signature file of a single-file plugin (`x.wasm` -> `x.wasm.sig`)."""
+    return path.with_name(path.name + SIG_SUFFIX)
 
 
 # -- keys ------------------------------------------------------------------------------------
@@ -215,7 +222,7 @@ def sign_path(path: Path, key: Ed25519PrivateKey) -> Path:
         out = path / DIR_SIGNATURE
         out.write_text(sign_digest(key, list_directory(path).digest))
     else:
-        out = path.with_name(path.name + SIG_SUFFIX)
+        out = sidecar(path)
         out.write_text(sign_digest(key, file_digest(read_regular(path, MODULE_MAX_BYTES))))
     return out
 
@@ -227,7 +234,7 @@ def verify_path(path: Path, keys: list[Ed25519PublicKey], *, plugin: str | None 
         sig_path = path / DIR_SIGNATURE
         digest = list_directory(path).digest
     else:
-        sig_path = path.with_name(path.name + SIG_SUFFIX)
+        sig_path = sidecar(path)
         digest = file_digest(read_regular(path, MODULE_MAX_BYTES))
     try:
         sig_text = read_regular(sig_path, SIGNATURE_MAX_BYTES)

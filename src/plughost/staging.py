@@ -32,11 +32,11 @@ from .packaging import PackageLimits, extract
 from .plugin import PluginSource
 from .signing import (
     DIR_SIGNATURE,
-    SIG_SUFFIX,
     file_digest,
     list_directory,
     load_trusted_keys,
     parse_signature,
+    sidecar,
     verify_digest,
 )
 
@@ -93,7 +93,7 @@ class Stager:
         if self.require:
             return staged
         signed = (found.path / DIR_SIGNATURE).exists() if found.path.is_dir() else (
-            found.path.with_name(found.path.name + SIG_SUFFIX).exists()
+            sidecar(found.path).exists()
             or (staged.source.plugin_dir / DIR_SIGNATURE).exists())
         note = ("signature present but not verified: verification is off" if signed
                 else "unsigned plugin loaded: signature verification is off")
@@ -129,9 +129,9 @@ class Stager:
 
     def _stage_package(self, found: Found) -> Staged:
         data = _read(found.path, "package", found.name)
-        sidecar = found.path.with_name(found.path.name + SIG_SUFFIX)
+        sig_file = sidecar(found.path)
         verified = False
-        if self.require and sidecar.exists():
+        if self.require and sig_file.exists():
             self._check_sidecar(found, data)
             verified = True
         private = self._private(found.name, hashlib.sha256(data).hexdigest())
@@ -166,15 +166,15 @@ class Stager:
     # -- signatures ------------------------------------------------------------------------
 
     def _check_sidecar(self, found: Found, data: bytes) -> None:
-        sidecar = found.path.with_name(found.path.name + SIG_SUFFIX)
+        sig_file = sidecar(found.path)
         if not self.require:
             return
         try:
-            text = _read_signature(sidecar, found.name, found.path)
+            text = _read_signature(sig_file, found.name, found.path)
         except FileNotFoundError:
-            raise SignatureError(f"unsigned: {sidecar.name} not found and signatures are "
+            raise SignatureError(f"unsigned: {sig_file.name} not found and signatures are "
                                  "required", plugin=found.name, path=found.path) from None
-        self._verify(found.name, found.path, file_digest(data), text, sidecar)
+        self._verify(found.name, found.path, file_digest(data), text, sig_file)
 
     def _check_directory(self, name: str, directory: Path, shown: Path) -> None:
         sig_path = directory / DIR_SIGNATURE

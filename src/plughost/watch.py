@@ -1,4 +1,4 @@
-"""Hot reload: watch a plugin tree with watchfiles and apply what changed (SPEC 8).
+"""Hot reload: watch a plugin tree with watchfiles and apply what changed (docs/operations.md).
 
 Each debounced batch of changes is applied by rescanning the tree and comparing it with
 what was there before, so every case reduces to three: a plugin appeared (discovered, and
@@ -23,6 +23,8 @@ import watchfiles
 
 from .discovery import Found, is_ignored
 from .errors import PlughostError, PluginLoadError
+from .manifest import MANIFEST_FILE
+from .signing import DIR_SIGNATURE, sidecar
 
 if TYPE_CHECKING:
     from .loader import Loader
@@ -232,9 +234,9 @@ def _touches(changed: set[Path], found: Found) -> bool:
     a plugin dir (data a plugin writes, say) do not restart it."""
     root = found.path.absolute()
     if root.suffix in (".wasm", ".zip") and not root.is_dir():
-        owned = {root, root.with_name(root.name + ".sig")}
+        owned = {root, sidecar(root)}
     else:
-        owned = {root, root / "plugin.yaml", root / "plugin.sig"}
+        owned = {root, root / MANIFEST_FILE, root / DIR_SIGNATURE}
         if found.manifest is not None:
             owned.add(found.manifest.entry.absolute())
     return any(p.absolute() in owned for p in changed)

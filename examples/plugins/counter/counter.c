@@ -1,7 +1,7 @@
 /*
  * counter: a stateful example plughost plugin written in C.
  *
- * Implements the "gk" v1 wasm ABI (SPEC.md section 3) as a WASI reactor:
+ * Implements the "gk" v1 wasm ABI (docs/wasm-abi.md) as a WASI reactor:
  *
  *   exports  memory, _initialize (from crt1-reactor), gk_register, gk_call,
  *            gk_malloc, gk_free
@@ -13,7 +13,7 @@
  * means "no result"; together with a prior gk.error it means "this call failed".
  *
  * The counter lives in a global, so it survives between calls: the host
- * serialises calls to one plugin on one instance (SPEC.md section 3).
+ * serialises calls to one plugin on one instance (docs/wasm-abi.md).
  *
  * Build: scripts/build-examples.sh
  */

@@ -1,4 +1,5 @@
-"""Host functions: what a plugin may ask of the host, behind its permissions (SPEC 6).
+"""Host functions: what a plugin may ask of the host, behind its permissions
+(docs/plugin-authors.md, "Host functions").
 
 One table serves both runtimes: wasm's `gk.host_call` and grpc's `Host.HostCall` both end in
 `HostFunctions.dispatch`.

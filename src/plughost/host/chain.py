@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import itertools
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
+from ..deadline import Deadline, within
 from ..proto import CALL_ID_METADATA
 
 __all__ = ["CALL_ID_METADATA", "CallPath", "current", "entered", "lookup", "path",
@@ -27,11 +27,11 @@ class CallPath:
     """Plugins on the current call path (outermost first) and the path's deadline."""
 
     plugins: tuple[str, ...] = ()
-    deadline: float | None = None  # time.monotonic() by which the outermost call must end
+    deadline: Deadline | None = None  # by which the innermost call on the path must end
 
     def left(self) -> float | None:
         """Seconds until the deadline (None: no deadline on this path)."""
-        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+        return None if self.deadline is None else self.deadline.left()
 
 
 _NO_PATH = CallPath()  # frozen: safe to share as the default
@@ -51,17 +51,14 @@ def path() -> CallPath:
 
 
 @contextmanager
-def entered(name: str, timeout: float | None) -> Iterator[float | None]:
+def entered(name: str, timeout: float | None) -> Iterator[Deadline | None]:
     """Mark that the current path now runs inside plugin `name`, for at most `timeout`
-    seconds and never past the path's deadline. Yields the time left for this call."""
+    seconds and never past the path's deadline. Yields this call's deadline."""
     outer = _path.get()
-    deadline = outer.deadline
-    if timeout is not None:
-        mine = time.monotonic() + timeout
-        deadline = mine if deadline is None else min(deadline, mine)
+    deadline = within(outer.deadline, timeout)
     token = _path.set(CallPath((*outer.plugins, name), deadline))
     try:
-        yield _path.get().left()
+        yield deadline
     finally:
         _path.reset(token)
 

@@ -118,7 +118,8 @@ class HostFunctions:
 
 def default_host_functions(api: HostAPI | None = None,
                            settings: HostSettings | None = None) -> HostFunctions:
-    """The built-in table of SPEC 6, on `api` (default: `DefaultHostAPI(settings)`)."""
+    """The built-in host functions (docs/plugin-authors.md), on `api`
+    (default: `DefaultHostAPI(settings)`)."""
     from . import functions as f
 
     backend: HostAPI = api if api is not None else DefaultHostAPI(settings)

@@ -1,4 +1,5 @@
-"""The built-in host functions (SPEC 6): argument shapes (GoatFlow's) and their checks.
+"""The built-in host functions (docs/plugin-authors.md): argument shapes (GoatFlow's) and
+their checks.
 
 Each handler gets the caller's `HostContext` and the decoded JSON args, validates them,
 and calls a `HostAPI` backend. Permissions are checked before a handler runs (dispatch.py).

@@ -3,8 +3,7 @@ the host context a plugin has before it has registered."""
 
 from __future__ import annotations
 
-import math
-
+from ..deadline import Deadline, within
 from ..host import HostContext
 from ..logs import PluginLog
 from ..plugin import PluginSource
@@ -37,12 +36,7 @@ class PluginBase:
     def log(self) -> PluginLog:
         return self._log
 
-    def _limit(self, timeout: float | None) -> float:
-        """A caller's timeout can shorten the manifest's call_timeout_ms, never extend it."""
-        return self.call_timeout if timeout is None else min(timeout, self.call_timeout)
-
-
-def deadline_text(limit: float) -> str:
-    """The deadline a timed-out call had, in whole ms, rounded up: the time left when the
-    plugin was entered is a hair under what the caller asked for."""
-    return f"{math.ceil(round(limit * 1000, 3))} ms"
+    def _deadline(self, deadline: Deadline | None) -> Deadline:
+        """The call's deadline (from the manager), never later than call_timeout_ms from
+        now; a direct call without one gets call_timeout_ms."""
+        return within(deadline, self.call_timeout) or Deadline.after(self.call_timeout)

@@ -1,4 +1,4 @@
-"""The grpc runtime: plugins as supervised child processes serving gRPC (SPEC 4).
+"""The grpc runtime: plugins as supervised child processes serving gRPC (docs/protocol.md).
 
 A `GrpcPlugin` owns a private 0700 directory (short path: Unix socket paths are limited to
 ~107 bytes), the `Host` service for this plugin in that directory, and the current
@@ -19,7 +19,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from ..deadline import Deadline
 from ..errors import (
     PlughostError,
     PluginCallError,
@@ -38,6 +38,7 @@ from ..errors import (
 from ..host import HostFunctions, chain, context_for
 from ..host.service import HostServer
 from ..leftovers import owned_dir
+from ..lifecycle import EventKind, PluginState
 from ..logs import PluginLog
 from ..plugin import Kind, PluginSource
 from ..proto import CHANNEL_OPTIONS
@@ -45,23 +46,14 @@ from ..proto.plughost.v1 import plugin_pb2 as pb
 from ..proto.plughost.v1 import plugin_pb2_grpc as pb_grpc
 from ..registration import parse_registration
 from ..signing import list_directory
-from .base import PluginBase, deadline_text
+from .base import PluginBase
 from .process import ChildProcess, Handshake
 from .sandbox import Sandbox
+from .supervisor import RestartPolicy, Supervisor, Verdict
 
 logger = logging.getLogger(__name__)
 
-EventSink = Callable[[str, str], None]  # (kind, detail)
-
-
-@dataclass(frozen=True)
-class RestartPolicy:
-    """How a crashed plugin is restarted, and when plughost gives up on it."""
-
-    initial_backoff: float = 0.2  # seconds before the first restart
-    max_backoff: float = 10.0
-    max_crashes: int = 5  # this many crashes within `window` seconds open the circuit
-    window: float = 60.0
+EventSink = Callable[[EventKind, str], None]  # (kind, detail)
 
 
 @dataclass
@@ -85,14 +77,13 @@ class GrpcPlugin(PluginBase):
                  policy: RestartPolicy | None = None, on_event: EventSink | None = None,
                  sandbox: Sandbox | None = None) -> None:
         super().__init__(source, log)
-        self._policy = policy or RestartPolicy()
+        self._supervisor = Supervisor(policy)
         self._sandbox = sandbox or Sandbox()
         self._on_event = on_event or (lambda kind, detail: None)
         self._lock = threading.Lock()
         self._closing = threading.Event()
-        self._state = "starting"
+        self._state: PluginState = "starting"
         self._gen = 0
-        self._crashes: deque[float] = deque()
         self._conn: _Connection | None = None
         # named after this host, so the next host removes it if we die uncleanly
         self._dir = str(owned_dir("ph", _socket_root()))
@@ -111,8 +102,7 @@ class GrpcPlugin(PluginBase):
     # -- Plugin protocol ---------------------------------------------------------------
 
     @property
-    def state(self) -> str:
-        """starting | running | restarting | failed | stopped"""
+    def state(self) -> PluginState:
         return self._state
 
     @property
@@ -120,22 +110,22 @@ class GrpcPlugin(PluginBase):
         conn = self._conn
         return conn.proc.pid if conn else None
 
-    def call(self, function: str, args: bytes, *, timeout: float | None = None) -> bytes:
+    def call(self, function: str, args: bytes, *, deadline: Deadline | None = None) -> bytes:
         conn = self._conn
         if conn is None or self._state != "running":
             why = {"failed": "crashed repeatedly; the circuit is open until it is reloaded",
                    "restarting": "its process crashed and is being restarted",
                    "stopped": "it has been shut down"}.get(self._state, self._state)
             raise PluginUnavailable(why, plugin=self.name)
-        limit = self._limit(timeout)
+        dl = self._deadline(deadline)
         try:
             # The call id lets this plugin's host calls find their call chain (plugin_call).
             with chain.remote_call() as call_id:
                 resp = conn.stub.Call(pb.CallRequest(function=function, args=args),
-                                      timeout=limit,
+                                      timeout=dl.left(),
                                       metadata=((chain.CALL_ID_METADATA, call_id),))
         except grpc.RpcError as exc:
-            raise self._rpc_error(exc, function, limit) from None
+            raise self._rpc_error(exc, function, dl) from None
         except ValueError:  # the channel was closed under us: the process just crashed
             raise PluginUnavailable(f"{function}: the plugin process went away during the "
                                     "call", plugin=self.name) from None
@@ -333,31 +323,24 @@ class GrpcPlugin(PluginBase):
                 return  # an expected exit, or a process we already replaced
             conn, self._conn = self._conn, None
             self._state = "restarting"
-            now = time.monotonic()
-            self._crashes.append(now)
-            while self._crashes and now - self._crashes[0] > self._policy.window:
-                self._crashes.popleft()
-            crashes = len(self._crashes)
+        verdict = self._supervisor.crashed()
         self._log.error(f"process exited unexpectedly with code {code}", source="host")
         self._on_event("crash", f"exit code {code}")
         if conn is not None:
             conn.channel.close()
             conn.proc.stop(grace=0.0)  # anything it left in its process group
-        self._schedule_restart(crashes)
+        self._schedule_restart(verdict)
 
-    def _schedule_restart(self, crashes: int) -> None:
-        if crashes >= self._policy.max_crashes:
+    def _schedule_restart(self, verdict: Verdict) -> None:
+        if verdict.give_up:
             with self._lock:
                 self._state = "failed"
-            msg = (f"{crashes} crashes within {self._policy.window:.0f}s: circuit open, not "
-                   "restarting until reloaded")
+            msg = verdict.reason(self._supervisor.policy)
             self._log.error(msg, source="host")
             self._on_event("failed", msg)
             return
-        delay = min(self._policy.max_backoff,
-                    self._policy.initial_backoff * 2 ** max(0, crashes - 1))
-        threading.Thread(target=self._restart, args=(delay,), name=f"{self.name}-restart",
-                         daemon=True).start()
+        threading.Thread(target=self._restart, args=(verdict.delay,),
+                         name=f"{self.name}-restart", daemon=True).start()
 
     def _restart(self, delay: float) -> None:
         if self._closing.wait(delay):
@@ -366,13 +349,9 @@ class GrpcPlugin(PluginBase):
             conn = self._start()
         except Exception as exc:  # any failure counts as a crash; the supervisor lives on
             self._log.error(f"restart failed: {exc}", source="host")
-            with self._lock:
-                if self._closing.is_set():
-                    return
-                now = time.monotonic()
-                self._crashes.append(now)
-                crashes = len(self._crashes)
-            self._schedule_restart(crashes)
+            if self._closing.is_set():
+                return
+            self._schedule_restart(self._supervisor.crashed())
             return
         with self._lock:
             if not self._closing.is_set():
@@ -384,10 +363,11 @@ class GrpcPlugin(PluginBase):
         self._log.info("restarted", source="host")
         self._on_event("restart", "")
 
-    def _rpc_error(self, exc: grpc.RpcError, function: str, limit: float) -> PlughostError:
+    def _rpc_error(self, exc: grpc.RpcError, function: str, deadline: Deadline
+                   ) -> PlughostError:
         code = exc.code()
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return PluginTimeout(f"call exceeded its deadline of {deadline_text(limit)}",
+            return PluginTimeout(f"call exceeded its deadline of {deadline.text()}",
                                  plugin=self.name, function=function)
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
             return PluginResourceError(f"message too large or plugin overloaded: "

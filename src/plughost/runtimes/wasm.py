@@ -1,4 +1,4 @@
-"""The wasm runtime: gk v1 modules run in wasmtime, in-process, sandboxed (SPEC 3).
+"""The wasm runtime: gk v1 modules run in wasmtime, in-process, sandboxed (docs/wasm-abi.md).
 
 Ownership is explicit: one `WasmEngine` (engine, epoch ticker, module cache) serves every
 wasm plugin; a `WasmPlugin` owns its compiled module and a small pool of `_Instance`s; an
@@ -14,12 +14,12 @@ import math
 import platform
 import re
 import threading
-import time
 from pathlib import Path
 from typing import Any, TypeVar
 
 import wasmtime
 
+from ..deadline import Deadline
 from ..errors import (
     HostCallError,
     PlughostError,
@@ -32,10 +32,11 @@ from ..errors import (
     PluginUnavailable,
 )
 from ..host import HostFunctions, chain, context_for
+from ..lifecycle import PluginState
 from ..logs import GK_LEVELS, LineWriter, PluginLog
 from ..plugin import Kind, PluginSource
 from ..registration import parse_registration
-from .base import PluginBase, deadline_text
+from .base import PluginBase
 from .pool import Pool, PoolClosed
 from .wasm_abi import MASK32, MASK64, WASI_MODULE, check_module, pack, unpack
 from .wasm_cache import ModuleCache, default_cache_dir
@@ -373,22 +374,21 @@ class WasmPlugin(PluginBase):
     # -- Plugin protocol ---------------------------------------------------------------
 
     @property
-    def state(self) -> str:
+    def state(self) -> PluginState:
         return "stopped" if self._closed else "running"
 
-    def call(self, function: str, args: bytes, *, timeout: float | None = None) -> bytes:
-        limit = self._limit(timeout)
-        deadline = time.monotonic() + limit
+    def call(self, function: str, args: bytes, *, deadline: Deadline | None = None) -> bytes:
+        dl = self._deadline(deadline)
         held: set[int] = getattr(self._busy, "held", None) or set()
         if id(self) in held and self._max == 1:
             raise PluginCallError("re-entrant call: the plugin's only instance is busy in "
                                   "this very call chain", plugin=self.name, function=function)
-        inst = self._acquire(function, deadline)
+        inst = self._acquire(function, dl.at)
         held.add(id(self))
         self._busy.held = held
         healthy = False
         try:
-            result = inst.call(function, args, max(0.0, deadline - time.monotonic()))
+            result = inst.call(function, args, dl.left())
             healthy = True
             return result
         except PluginCallError as exc:
@@ -397,7 +397,7 @@ class WasmPlugin(PluginBase):
             healthy = type(exc) is PluginCallError
             raise
         except Exception as exc:
-            raise self._call_error(exc, inst, function, limit) from None
+            raise self._call_error(exc, inst, function, dl) from None
         finally:
             held.discard(id(self))
             self._release(inst, healthy)
@@ -420,7 +420,8 @@ class WasmPlugin(PluginBase):
         except Exception as exc:
             if loading:
                 raise self._load_error(exc, "instantiation") from exc
-            raise self._call_error(exc, None, "(new instance)", self.call_timeout) from exc
+            raise self._call_error(exc, None, "(new instance)",
+                                   Deadline.after(self.call_timeout)) from exc
 
     def _acquire(self, function: str, deadline: float) -> _Instance:
         try:
@@ -446,12 +447,12 @@ class WasmPlugin(PluginBase):
                                path=str(self._source.path))
 
     def _call_error(self, exc: BaseException, inst: _Instance | None, function: str,
-                    limit: float) -> PlughostError:
+                    deadline: Deadline) -> PlughostError:
         if isinstance(exc, _Overran) or (isinstance(exc, wasmtime.Trap)
                                          and exc.trap_code == wasmtime.TrapCode.INTERRUPT):
             # First: a deadline that ran out during a host call is a timeout, whatever
             # the import recorded while it was being cut short.
-            return PluginTimeout(f"call exceeded its deadline of {deadline_text(limit)}",
+            return PluginTimeout(f"call exceeded its deadline of {deadline.text()}",
                                  plugin=self.name, function=function)
         if inst is not None and inst.abi_error is not None:
             # the instance's own record beats whatever exception surfaced

@@ -1,4 +1,4 @@
-"""The gk v1 ABI, checked before a module ever runs (SPEC 3).
+"""The gk v1 ABI, checked before a module ever runs (docs/wasm-abi.md).
 
 A module that lacks an export, or exports one with the wrong signature, or imports something
 the host does not provide, is refused at load time with an error that names the symbol.

@@ -54,7 +54,8 @@ class HostError(Exception):
 
 
 class HostClient:
-    """Calls the host functions of SPEC 6. Connects on first use to PLUGHOST_HOST_ADDR."""
+    """Calls the host functions (docs/plugin-authors.md). Connects on first use to
+    PLUGHOST_HOST_ADDR."""
 
     def __init__(self, address: str | None = None, timeout: float = 30.0) -> None:
         self._address = address

@@ -1,4 +1,4 @@
-"""The plughost server (SPEC 9): JSON API, server-sent events, plugin routes, admin page.
+"""The plughost server (docs/server.md): JSON API, server-sent events, plugin routes, admin page.
 
 ```python
 from plughost import Loader, Manager

@@ -1,4 +1,4 @@
-"""The JSON API (SPEC 9) and the plugin routes. Blocking work never runs on the loop: plugin
+"""The JSON API (docs/server.md) and the plugin routes. Blocking work never runs on the loop: plugin
 calls use `manager.acall`, loads and unloads the loader's `a*` twins."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from .. import listing
 from ..errors import PlughostError, PluginNotFound
-from ..manager import PluginInfo
 from .auth import COOKIE, COOKIE_MAX_AGE
 from .errors import LOAD_ERRORS, bad_request, error_json, error_response
 from .events import EventStream
@@ -23,49 +23,9 @@ ACTIONS = ("load", "unload", "reload", "enable", "disable")
 # -- reading -----------------------------------------------------------------------------
 
 def plugin_rows(st: ServerState, root: str = "") -> list[dict[str, Any]]:
-    """Every plugin: loaded, discovered but not loaded, and broken (sorted by name).
-
-    `root` is the app's mount prefix (a route's `url` includes it)."""
-    rows: list[dict[str, Any]] = []
-    listed: set[str] = set()
-    infos = {i.name: i for i in st.manager.list()}
-    for d in st.loader.discovered_plugins():
-        info = infos.get(d.name) if d.loaded else None
-        row: dict[str, Any] = {
-            "name": d.name, "type": d.type, "path": str(d.path),
-            "version": d.manifest.version if d.manifest and d.manifest.version else "",
-            "description": d.manifest.description if d.manifest else "",
-            "state": "error" if d.error else "discovered", "loaded_at": None,
-            "enabled": None, "inflight": 0, "routes": [],
-            "error": str(d.error) if d.error else st.hub.last_error(d.name),
-            "warnings": list(d.warnings)}
-        if info is not None:
-            _fill_loaded(st, row, info, root)
-            listed.add(d.name)
-        rows.append(row)
-    for name, info in infos.items():  # registered by other means (not from this directory)
-        if name not in listed:
-            row = {"name": name, "type": info.kind, "path": info.path, "version": "",
-                   "description": "", "error": st.hub.last_error(name), "warnings": []}
-            _fill_loaded(st, row, info, root)
-            rows.append(row)
-    rows.sort(key=lambda r: (r["name"], r["state"] == "error"))
-    return rows
-
-
-def _fill_loaded(st: ServerState, row: dict[str, Any], info: PluginInfo, root: str) -> None:
-    name = row["name"]
-    plugin = st.manager.get(name)
-    if plugin is None:  # unloaded a moment ago
-        row.update(state="discovered", loaded_at=None, enabled=None, inflight=0, routes=[])
-        return
-    reg = plugin.registration
-    row.update(state=info.state, version=info.version, loaded_at=info.loaded_at,
-               enabled=info.enabled, inflight=info.inflight,
-               description=reg.description or row["description"],
-               routes=[{"method": r.method.upper(), "path": r.path, "handler": r.handler,
-                        "url": f"{root}/plugins/{name}/{r.path.lstrip('/')}"}
-                       for r in reg.routes])
+    """Every plugin, as `plughost list` shows it, plus each one's last error from events."""
+    return listing.plugin_rows(st.manager, st.loader, last_error=st.hub.last_error,
+                               route_root=root)
 
 
 def _root(request: Request) -> str:

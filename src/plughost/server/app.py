@@ -1,4 +1,4 @@
-"""The plughost server (SPEC 9): a Starlette app over one Manager and one Loader.
+"""The plughost server (docs/server.md): a Starlette app over one Manager and one Loader.
 
 Start-up loads the plugin directory (`loader.aload_all`) and starts the watcher; shutdown
 ends the event streams, stops the watcher and unloads every plugin, off the event loop.

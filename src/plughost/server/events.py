@@ -19,12 +19,12 @@ import anyio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from ..lifecycle import ERROR_KINDS, EventKind
 from ..manager import Event, Manager
 
-#: Event kinds whose detail is remembered as the plugin's last error.
-ERROR_KINDS = frozenset({"error", "crash", "failed", "call_error"})
+# ERROR_KINDS (from lifecycle): event kinds whose detail is remembered as the last error.
 #: Event kinds after which the plugin's last error is forgotten (a new version serves).
-RECOVERY_KINDS = frozenset({"load", "reload"})
+RECOVERY_KINDS: frozenset[EventKind] = frozenset({"load", "reload"})
 
 
 def event_json(event: Event) -> dict[str, Any]:

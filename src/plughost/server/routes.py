@@ -1,4 +1,4 @@
-"""Plugin routes (SPEC 5, 9): a registration's `routes` served under `/plugins/<name>/`.
+"""Plugin routes (docs/server.md): a registration's `routes` served under `/plugins/<name>/`.
 
 Routes are read from the registry at request time, so a reload that changes them takes
 effect at once and a lazy plugin's routes exist as soon as its first request loads it.

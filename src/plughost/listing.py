@@ -1,0 +1,69 @@
+"""One row per plugin, for every listing: `plughost list`, the JSON API and the admin page.
+
+A row joins what the loader found on disk with what the manager has registered, so a
+plugin that is discovered but not loaded, broken, or registered by other means (not from
+this directory) is listed too. The state words are `lifecycle.ListedState`'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .lifecycle import ListedState
+
+if TYPE_CHECKING:
+    from .loader import Loader
+    from .manager import Manager, PluginInfo
+
+
+def plugin_rows(manager: Manager, loader: Loader, *,
+                last_error: Callable[[str], str | None] = lambda name: None,
+                route_root: str = "") -> list[dict[str, Any]]:
+    """Every plugin, sorted by name. `last_error(name)` supplies the error shown for a
+    plugin that is not broken (e.g. its last failed call); `route_root` prefixes the
+    `url` of each of its routes (the app's mount path)."""
+    rows: list[dict[str, Any]] = []
+    listed: set[str] = set()
+    infos = {i.name: i for i in manager.list()}
+    for d in loader.discovered_plugins():
+        info = infos.get(d.name) if d.loaded else None
+        state: ListedState = "error" if d.error else "discovered"
+        row: dict[str, Any] = {
+            "name": d.name, "type": d.type, "path": str(d.path),
+            "version": d.manifest.version if d.manifest and d.manifest.version else "",
+            "description": d.manifest.description if d.manifest else "",
+            "state": state, "loaded_at": None, "enabled": None, "inflight": 0, "routes": [],
+            "error": str(d.error) if d.error else last_error(d.name),
+            "warnings": list(d.warnings)}
+        if info is not None:
+            _fill_loaded(manager, row, info, route_root)
+            listed.add(d.name)
+        rows.append(row)
+    for name, info in infos.items():  # registered by other means (not from this directory)
+        if name not in listed:
+            row = {"name": name, "type": info.kind, "path": info.path, "version": "",
+                   "description": "", "error": last_error(name), "warnings": []}
+            _fill_loaded(manager, row, info, route_root)
+            rows.append(row)
+    rows.sort(key=lambda r: (r["name"], r["state"] == "error"))
+    return rows
+
+
+def _fill_loaded(manager: Manager, row: dict[str, Any], info: PluginInfo, root: str) -> None:
+    name = row["name"]
+    plugin = manager.get(name)
+    if plugin is None:  # unloaded a moment ago
+        row.update(state="discovered", loaded_at=None, enabled=None, inflight=0, routes=[])
+        return
+    reg = plugin.registration
+    row.update(state=info.state, version=info.version, loaded_at=info.loaded_at,
+               enabled=info.enabled, inflight=info.inflight,
+               description=reg.description or row["description"],
+               routes=[{"method": r.method.upper(), "path": r.path, "handler": r.handler,
+                        "url": f"{root}/plugins/{name}/{r.path.lstrip('/')}"}
+                       for r in reg.routes])
+
+
+#: States a listing counts as broken (`plughost list` exits 1 on any).
+BROKEN: frozenset[ListedState] = frozenset({"error", "failed"})
