@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,15 +22,15 @@ from .errors import (
     PluginNotFound,
     PluginUnavailable,
 )
-from .leftovers import remove
 from .manager import Manager
 from .manifest import Manifest, load_manifest
 from .packaging import PackageLimits
-from .plugin import Kind, Plugin
-from .runtimes.grpc import load_grpc_plugin
+from .plugin import Kind, Plugin, Runtime, StartContext
+from .runtimes.base import release_private_copy
+from .runtimes.grpc import GrpcRuntime
 from .runtimes.sandbox import Sandbox, SandboxMode
 from .runtimes.supervisor import RestartPolicy
-from .runtimes.wasm import WasmEngine, load_wasm_plugin
+from .runtimes.wasm import WasmEngine, WasmRuntime
 from .staging import Stager, TrustedKey
 from .watch import Watcher
 
@@ -78,16 +78,22 @@ class Loader:
                  cache_dir: str | Path | None = "default", engine: WasmEngine | None = None,
                  restart_policy: RestartPolicy | None = None,
                  package_limits: PackageLimits | None = None,
-                 sandbox: Sandbox | SandboxMode | None = None) -> None:
+                 sandbox: Sandbox | SandboxMode | None = None,
+                 runtimes: Mapping[str, Runtime] | None = None) -> None:
+        """`runtimes`: the runtime for each plugin kind; default: wasm on `engine` (or a new
+        engine with its module cache in `cache_dir`) and grpc with `restart_policy` and
+        `sandbox` (bubblewrap where it works: "auto", the default, or PLUGHOST_SANDBOX;
+        "bwrap" to require it; "off"). Any runtime given replaces the default of its kind."""
         self.plugin_dir = Path(plugin_dir)
         self.manager = manager
         self.lazy = lazy
-        self._own_engine = engine is None
-        self.engine = engine or WasmEngine(cache_dir)
-        self.restart_policy = restart_policy or RestartPolicy()
-        # How gRPC plugin processes are confined: bubblewrap where it works ("auto", the
-        # default, or PLUGHOST_SANDBOX), required ("bwrap"), or not at all ("off").
-        self.sandbox = sandbox if isinstance(sandbox, Sandbox) else Sandbox(sandbox)
+        self.runtimes: dict[str, Runtime] = dict(runtimes or {})
+        if "wasm" not in self.runtimes:
+            self.runtimes["wasm"] = WasmRuntime(engine or WasmEngine(cache_dir),
+                                                owns_engine=engine is None)
+        if "grpc" not in self.runtimes:
+            self.runtimes["grpc"] = GrpcRuntime(
+                restart_policy, sandbox if isinstance(sandbox, Sandbox) else Sandbox(sandbox))
         # Verification is on with trusted keys (argument or PLUGHOST_TRUSTED_KEYS) or with
         # PLUGHOST_REQUIRE_SIGNATURES=1; then every load path refuses unsigned plugins.
         self.stager = Stager(trusted_keys, require=require_signatures, limits=package_limits)
@@ -100,6 +106,22 @@ class Loader:
         # name -> (the last load failure, monotonic time); cleared by a successful load.
         self._failures: dict[str, tuple[PlughostError, float]] = {}
         manager.set_lazy_loader(self)
+
+    @property
+    def engine(self) -> WasmEngine:
+        """The wasm runtime's engine (shared with other loaders by passing `engine=`)."""
+        wasm = self.runtimes["wasm"]
+        if not isinstance(wasm, WasmRuntime):
+            raise AttributeError("this loader's wasm runtime has no WasmEngine")
+        return wasm.engine
+
+    @property
+    def sandbox(self) -> Sandbox:
+        """How the grpc runtime confines plugin processes."""
+        grpc = self.runtimes["grpc"]
+        if not isinstance(grpc, GrpcRuntime):
+            raise AttributeError("this loader's grpc runtime has no Sandbox")
+        return grpc.sandbox
 
     # -- discovery -----------------------------------------------------------------------
 
@@ -337,8 +359,8 @@ class Loader:
                     self.unload(name)
         self.stager.close()
         self.manager.set_lazy_loader(None)
-        if self._own_engine:
-            self.engine.close()
+        for runtime in self.runtimes.values():
+            runtime.close()
 
     # -- asyncio twins -------------------------------------------------------------------
 
@@ -407,10 +429,8 @@ class Loader:
 
     @staticmethod
     def _discard(plugin: Plugin) -> None:
-        """Shut down a built plugin the registry refused, and remove its private copy."""
+        """Shut down a built plugin the registry refused (its private copy goes with it)."""
         plugin.shutdown()
-        if plugin.source.private_dir is not None:
-            remove(plugin.source.private_dir)
 
     def _lookup(self, name: str) -> Found:
         with self._lock:
@@ -426,24 +446,17 @@ class Loader:
         log = self.manager.log_for(found.name)
         try:
             staged = self.stager.stage(found)
-            source = staged.source
-            try:
-                plugin: Plugin
-                if source.kind == "grpc":
-                    plugin = load_grpc_plugin(
-                        source, self.manager.host, log, policy=self.restart_policy,
-                        on_event=lambda kind, detail: self.manager.emit(kind, source.name,
-                                                                        detail),
-                        sandbox=self.sandbox)
-                else:
-                    assert staged.module is not None
-                    plugin = load_wasm_plugin(source, staged.module, self.engine,
-                                              self.manager.host, log,
-                                              verified=self.stager.require)
-            except BaseException:
-                if source.private_dir is not None:
-                    remove(source.private_dir)
-                raise
+            name = staged.source.name
+            runtime = self.runtimes.get(staged.source.kind)
+            if runtime is None:
+                release_private_copy(staged.source)
+                raise PluginLoadError(f"no runtime for kind {staged.source.kind!r} "
+                                      f"(have: {', '.join(sorted(self.runtimes))})",
+                                      plugin=name, path=found.path)
+            plugin = runtime.start(staged, StartContext(
+                host=self.manager.host, log=log, caller=self.manager,
+                on_event=lambda kind, detail: self.manager.emit(kind, name, detail),
+                verified=self.stager.require))
         except Exception as exc:
             if not isinstance(exc, PlughostError):  # a bug of ours is still this plugin's
                 logger.exception("unexpected error loading %s", found.name)

@@ -32,7 +32,6 @@ from .errors import (
     PluginUnavailable,
 )
 from .host import HostAPI, HostFunctions, HostSettings, chain, default_host_functions
-from .leftovers import remove
 from .lifecycle import EventKind, PluginState
 from .logs import PluginLog
 from .plugin import Plugin
@@ -134,7 +133,6 @@ class Manager:
         the built-in ones; default: SQLite/memory/httpx/smtplib (`settings` tunes them)."""
         self.host = host if isinstance(host, HostFunctions) else default_host_functions(
             host, settings)
-        self.host.manager = self
         self.drain_timeout = drain_timeout
         self._entries: dict[str, _Entry] = {}
         self._logs: dict[str, PluginLog] = {}
@@ -232,9 +230,6 @@ class Manager:
             entry.plugin.shutdown()
         except Exception as exc:  # a bad shutdown must not break the swap that retired it
             entry.plugin.log.error(f"shutdown failed: {exc}", source="host")
-        private = entry.plugin.source.private_dir
-        if private is not None:  # this version's private copy dies with it
-            remove(private)
 
     def enable(self, name: str) -> None:
         self._set_enabled(name, True)

@@ -1,16 +1,22 @@
-"""The one protocol both runtimes implement, and what the loader hands them to load."""
+"""The seam between the loader and the runtimes: what the loader hands a runtime to
+start (`Staged`, `StartContext`), the `Runtime` that starts it, and the `Plugin` it gives
+back. The loader knows runtimes only through this module."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from .deadline import Deadline
-from .lifecycle import PluginState
+from .lifecycle import EventKind, PluginState
 from .logs import PluginLog
 from .manifest import LoadedManifest, Manifest
 from .registration import Registration
+
+if TYPE_CHECKING:
+    from .host import HostFunctions, PluginCaller
 
 Kind = Literal["wasm", "grpc"]
 
@@ -62,11 +68,58 @@ class Plugin(Protocol):
     def call(self, function: str, args: bytes, *, deadline: Deadline | None = None) -> bytes:
         """Run `function` with JSON `args`; return the JSON result (b"" for none).
 
-        `timeout` (seconds) can only shorten the manifest's `call_timeout_ms`.
+        `deadline` (made once per call by the manager) is honoured, and never extended
+        past the manifest's `call_timeout_ms`; without one the call gets that much.
         Raises a `PluginCallError` subclass or `PluginUnavailable`.
         """
         ...
 
     def shutdown(self) -> None:
-        """Release everything; bounded by `resources.shutdown_timeout_ms`."""
+        """Release everything, its private copy included; bounded by
+        `resources.shutdown_timeout_ms`."""
+        ...
+
+
+@dataclass(frozen=True)
+class Staged:
+    """One version, verified and ready to start."""
+
+    source: PluginSource
+    module: bytes | None  # a wasm module's verified bytes (None for grpc)
+    note: str | None = None  # e.g. "unsigned", for the plugin's log once it has loaded
+
+
+def _no_events(kind: EventKind, detail: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class StartContext:
+    """What a runtime needs from the host to start one version of a plugin."""
+
+    host: HostFunctions  # the table its host calls dispatch to
+    log: PluginLog  # its log (it outlives versions)
+    #: where `plugin_call` goes: the manager the plugin will be registered in
+    caller: PluginCaller | None = None
+    #: lifecycle events a runtime reports by itself (a gRPC crash, restart, open circuit)
+    on_event: Callable[[EventKind, str], None] = _no_events
+    verified: bool = False  # the bytes passed a signature check
+
+
+class Runtime(Protocol):
+    """Starts plugins of one kind. The loader holds one per kind (`Loader(runtimes=...)`);
+    the constructor must not start anything."""
+
+    @property
+    def kind(self) -> str: ...
+
+    def start(self, staged: Staged, context: StartContext) -> Plugin:
+        """Start one version. On failure it raises a PlughostError naming the plugin and
+        leaves nothing behind (its private copy removed); on success the plugin owns the
+        copy and removes it in `shutdown()`."""
+        ...
+
+    def close(self) -> None:
+        """Release what the runtime itself holds (an engine, threads); after every plugin
+        it started has shut down."""
         ...

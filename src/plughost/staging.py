@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -29,7 +29,7 @@ from .inputs import MODULE_MAX_BYTES, SIGNATURE_MAX_BYTES, describe, read_regula
 from .leftovers import owned_dir, remove
 from .manifest import LoadedManifest, load_manifest
 from .packaging import PackageLimits, extract
-from .plugin import PluginSource
+from .plugin import PluginSource, Staged
 from .signing import (
     DIR_SIGNATURE,
     file_digest,
@@ -41,13 +41,6 @@ from .signing import (
 )
 
 TrustedKey = str | os.PathLike[str] | bytes | Ed25519PublicKey
-
-
-@dataclass(frozen=True)
-class Staged:
-    source: PluginSource
-    module: bytes | None  # a wasm module's verified bytes (None for grpc)
-    note: str | None = None  # e.g. "unsigned", for the plugin's log once it has loaded
 
 
 class Stager:

@@ -10,6 +10,7 @@ from .dispatch import (
     HostContext,
     HostFunction,
     HostFunctions,
+    PluginCaller,
     context_for,
     default_host_functions,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "HostFunction",
     "HostFunctions",
     "HostSettings",
+    "PluginCaller",
     "context_for",
     "default_host_functions",
 ]

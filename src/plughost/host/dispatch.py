@@ -7,7 +7,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..errors import HostCallError, PermissionDenied
 from ..logs import PluginLog
@@ -16,10 +16,15 @@ from ..registration import Registration
 from . import chain
 from .api import DefaultHostAPI, HostAPI, HostSettings
 
-if TYPE_CHECKING:
-    from ..manager import Manager
-
 logger = logging.getLogger(__name__)
+
+
+class PluginCaller(Protocol):
+    """What `plugin_call` needs from the layer above: calling a plugin by name (the
+    manager that registered the calling plugin implements it)."""
+
+    def call_raw(self, name: str, function: str, args: bytes, *,
+                 timeout: float | None = None) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -32,10 +37,13 @@ class HostContext:
     config: Mapping[str, Any] = field(default_factory=dict)
     allowed_hosts: tuple[str, ...] = ()
     i18n: Mapping[str, Any] = field(default_factory=dict)
+    #: the registry the plugin runs in, for `plugin_call`: each plugin's own, so two
+    #: managers sharing one table of host functions never route each other's calls
+    caller: PluginCaller | None = None
 
 
-def context_for(source: PluginSource, log: PluginLog, registration: Registration
-                ) -> HostContext:
+def context_for(source: PluginSource, log: PluginLog, registration: Registration,
+                caller: PluginCaller | None = None) -> HostContext:
     """The host's view of a plugin, for both runtimes.
 
     The grant is the manifest's `permissions` (the operator's word). A bare `<name>.wasm`
@@ -45,7 +53,7 @@ def context_for(source: PluginSource, log: PluginLog, registration: Registration
     granted = m.permissions if source.has_manifest else registration.permissions
     return HostContext(plugin=source.name, permissions=frozenset(granted), log=log,
                        config=dict(m.config), allowed_hosts=tuple(m.allowed_hosts),
-                       i18n=dict(registration.i18n))
+                       i18n=dict(registration.i18n), caller=caller)
 
 
 Handler = Callable[[HostContext, Any], Any]
@@ -63,7 +71,6 @@ class HostFunctions:
 
     def __init__(self, api: HostAPI | None = None) -> None:
         self.api = api
-        self.manager: Manager | None = None  # bound by the Manager, for plugin_call
         self._table: dict[str, HostFunction] = {}
         self._lock = threading.Lock()
 

@@ -19,7 +19,6 @@ from .api import HostAPI, HostSettings
 from .http import check_url
 
 if TYPE_CHECKING:
-    from ..manager import Manager
     from .dispatch import HostContext, HostFunctions
 
 
@@ -199,9 +198,10 @@ def make_plugin_call(table: HostFunctions, max_depth: int) -> Callable[..., Any]
         if len(path) >= max_depth:
             raise HostCallError(f"plugin_call: call depth {len(path)} reaches the limit of "
                                 f"{max_depth} ({' -> '.join(path)})", plugin=ctx.plugin)
-        manager: Manager | None = table.manager
-        if manager is None:
-            raise HostCallError("plugin_call: no manager bound", plugin=ctx.plugin)
+        manager = ctx.caller
+        if manager is None:  # a plugin started outside a manager (e.g. by hand)
+            raise HostCallError("plugin_call: this plugin runs outside a manager",
+                                plugin=ctx.plugin)
         payload = json.dumps(a.get("args") if a.get("args") is not None else {}).encode()
         try:
             with chain.using(chain.CallPath(path, call_path.deadline)):

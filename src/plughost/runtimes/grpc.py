@@ -35,18 +35,18 @@ from ..errors import (
     PluginTimeout,
     PluginUnavailable,
 )
-from ..host import HostFunctions, chain, context_for
+from ..host import HostFunctions, PluginCaller, chain
 from ..host.service import HostServer
 from ..leftovers import owned_dir
 from ..lifecycle import EventKind, PluginState
 from ..logs import PluginLog
-from ..plugin import Kind, PluginSource
+from ..plugin import Kind, PluginSource, Staged, StartContext
 from ..proto import CHANNEL_OPTIONS
 from ..proto.plughost.v1 import plugin_pb2 as pb
 from ..proto.plughost.v1 import plugin_pb2_grpc as pb_grpc
 from ..registration import parse_registration
 from ..signing import list_directory
-from .base import PluginBase
+from .base import PluginBase, owning_private_copy
 from .process import ChildProcess, Handshake
 from .sandbox import Sandbox
 from .supervisor import RestartPolicy, Supervisor, Verdict
@@ -75,8 +75,8 @@ class GrpcPlugin(PluginBase):
 
     def __init__(self, source: PluginSource, host: HostFunctions, log: PluginLog, *,
                  policy: RestartPolicy | None = None, on_event: EventSink | None = None,
-                 sandbox: Sandbox | None = None) -> None:
-        super().__init__(source, log)
+                 sandbox: Sandbox | None = None, caller: PluginCaller | None = None) -> None:
+        super().__init__(source, log, caller)
         self._supervisor = Supervisor(policy)
         self._sandbox = sandbox or Sandbox()
         self._on_event = on_event or (lambda kind, detail: None)
@@ -141,6 +141,7 @@ class GrpcPlugin(PluginBase):
         if conn is not None:
             self._stop_connection(conn, polite=True)
         self._cleanup()
+        self._release_private_copy()
 
     # -- start / stop ------------------------------------------------------------------
 
@@ -248,7 +249,7 @@ class GrpcPlugin(PluginBase):
             if self._registration is not None and reg.name != self._registration.name:
                 raise PluginLoadError("registration changed across a restart", plugin=self.name)
             self._registration = reg
-            self.host_context = context_for(self._source, self._log, reg)
+            self.host_context = self._context(reg)
             config = self._source.manifest.config
             stage = "Init"
             stub.Init(pb.InitRequest(
@@ -391,6 +392,27 @@ def _token_pipe(token: str) -> int:
 
 def load_grpc_plugin(source: PluginSource, host: HostFunctions, log: PluginLog, *,
                      policy: RestartPolicy | None = None, on_event: EventSink | None = None,
-                     sandbox: Sandbox | None = None) -> GrpcPlugin:
+                     sandbox: Sandbox | None = None, caller: PluginCaller | None = None
+                     ) -> GrpcPlugin:
     """Start, handshake, register and initialise one version of a grpc plugin."""
-    return GrpcPlugin(source, host, log, policy=policy, on_event=on_event, sandbox=sandbox)
+    return GrpcPlugin(source, host, log, policy=policy, on_event=on_event, sandbox=sandbox,
+                      caller=caller)
+
+
+class GrpcRuntime:
+    """Starts gRPC plugins as supervised, confined child processes."""
+
+    kind = "grpc"
+
+    def __init__(self, policy: RestartPolicy | None = None,
+                 sandbox: Sandbox | None = None) -> None:
+        self.policy = policy or RestartPolicy()
+        self.sandbox = sandbox or Sandbox()
+
+    def start(self, staged: Staged, context: StartContext) -> GrpcPlugin:
+        return owning_private_copy(staged.source, lambda: load_grpc_plugin(
+            staged.source, context.host, context.log, policy=self.policy,
+            on_event=context.on_event, sandbox=self.sandbox, caller=context.caller))
+
+    def close(self) -> None:
+        pass  # each plugin owns its process, directory and Host service

@@ -31,12 +31,12 @@ from ..errors import (
     PluginTrap,
     PluginUnavailable,
 )
-from ..host import HostFunctions, chain, context_for
+from ..host import HostFunctions, PluginCaller, chain
 from ..lifecycle import PluginState
 from ..logs import GK_LEVELS, LineWriter, PluginLog
-from ..plugin import Kind, PluginSource
+from ..plugin import Kind, PluginSource, Staged, StartContext
 from ..registration import parse_registration
-from .base import PluginBase
+from .base import PluginBase, owning_private_copy
 from .pool import Pool, PoolClosed
 from .wasm_abi import MASK32, MASK64, WASI_MODULE, check_module, pack, unpack
 from .wasm_cache import ModuleCache, default_cache_dir
@@ -344,8 +344,9 @@ class WasmPlugin(PluginBase):
     kind: Kind = "wasm"
 
     def __init__(self, source: PluginSource, engine: WasmEngine, module: wasmtime.Module,
-                 host: HostFunctions, log: PluginLog) -> None:
-        super().__init__(source, log)
+                 host: HostFunctions, log: PluginLog, caller: PluginCaller | None = None
+                 ) -> None:
+        super().__init__(source, log, caller)
         self.engine = engine
         self.module = module
         self.host = host
@@ -368,7 +369,7 @@ class WasmPlugin(PluginBase):
             raise self._load_error(exc, "gk_register") from exc
         self._registration = parse_registration(raw, expected_name=source.name,
                                                 path=str(source.path))
-        self.host_context = context_for(source, log, self._registration)
+        self.host_context = self._context(self._registration)
         self._pool.add(first)
 
     # -- Plugin protocol ---------------------------------------------------------------
@@ -411,6 +412,7 @@ class WasmPlugin(PluginBase):
         for channel in (self.stdout, self.stderr):
             if channel is not None:
                 channel.close()
+        self._release_private_copy()
 
     # -- pool ----------------------------------------------------------------------------
 
@@ -508,12 +510,34 @@ def compile_module(engine: WasmEngine, wasm: bytes, *, name: str, path: Path,
 
 
 def load_wasm_plugin(source: PluginSource, wasm: bytes, engine: WasmEngine,
-                     host: HostFunctions, log: PluginLog, *, verified: bool = False
-                     ) -> WasmPlugin:
+                     host: HostFunctions, log: PluginLog, *, verified: bool = False,
+                     caller: PluginCaller | None = None) -> WasmPlugin:
     """Compile, instantiate, initialise and register one version of a wasm plugin.
 
     `verified`: `wasm` passed a signature check; then no compiled code is taken from disk.
     """
     module = compile_module(engine, wasm, name=source.name, path=source.entry,
                             verified=verified)
-    return WasmPlugin(source, engine, module, host, log)
+    return WasmPlugin(source, engine, module, host, log, caller)
+
+
+class WasmRuntime:
+    """Starts wasm plugins on one engine (shared by every version it starts)."""
+
+    kind = "wasm"
+
+    def __init__(self, engine: WasmEngine, *, owns_engine: bool = False) -> None:
+        self.engine = engine
+        self._owns_engine = owns_engine  # close() closes it
+
+    def start(self, staged: Staged, context: StartContext) -> WasmPlugin:
+        module = staged.module
+        if module is None:
+            raise PluginLoadError("no module bytes staged", plugin=staged.source.name)
+        return owning_private_copy(staged.source, lambda: load_wasm_plugin(
+            staged.source, module, self.engine, context.host, context.log,
+            verified=context.verified, caller=context.caller))
+
+    def close(self) -> None:
+        if self._owns_engine:
+            self.engine.close()
