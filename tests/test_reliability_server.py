@@ -6,6 +6,7 @@ real sockets, a real grpc plugin for route responses, Chromium for the admin pag
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -69,8 +70,9 @@ class ServeProc:
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line)
+        with contextlib.suppress(ValueError):  # stop()'s communicate() closes the pipe
+            for line in self.proc.stdout:
+                self.lines.put(line)
 
     def next_line(self) -> str:
         try:

@@ -3,6 +3,7 @@ version owns its private copy, and plugin_call goes to the plugin's own manager.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from plughost import Loader, Manager
@@ -90,3 +91,35 @@ def test_two_managers_sharing_one_host_table_route_their_own_plugin_calls(
         for loader, manager in ((l1, m1), (l2, m2)):
             loader.close()
             manager.close()
+
+
+def test_a_grpc_plugin_constructor_starts_nothing(plugins: Path) -> None:
+    from plughost.logs import PluginLog
+    from plughost.manifest import load_manifest
+    from plughost.plugin import PluginSource
+    from plughost.runtimes.grpc import GrpcPlugin
+
+    from .test_reliability_sandbox import probe
+
+    pdir = probe(plugins, "lazy")
+    lm = load_manifest(pdir)
+    source = PluginSource("lazy", "grpc", pdir, pdir, lm.entry, lm.manifest, lm)
+    children = set(_children())
+    plugin = GrpcPlugin(source, default_host_functions(), PluginLog("lazy"))
+    assert plugin.state == "starting" and plugin.pid is None
+    assert set(_children()) == children  # no process yet
+    plugin.start()
+    try:
+        assert plugin.state == "running" and plugin.pid in set(_children()) - children
+        assert plugin.call("pid", b"null") != b""
+    finally:
+        plugin.shutdown()
+    assert plugin.state == "stopped"
+
+
+def _children() -> list[int]:
+    out: list[int] = []
+    for t in Path("/proc/self/task").iterdir():  # children of any of our threads
+        with contextlib.suppress(OSError):
+            out += [int(p) for p in (t / "children").read_text().split()]
+    return out

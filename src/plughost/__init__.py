@@ -18,38 +18,46 @@ from typing import TYPE_CHECKING, Any
 # children that keep using gRPC) would only print warnings. Must be set before gRPC loads.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
-if TYPE_CHECKING:
-    from .errors import (
-        HostCallError,
-        ManifestError,
-        PermissionDenied,
-        PlughostError,
-        PluginABIError,
-        PluginCallError,
-        PluginDisabled,
-        PluginLoadError,
-        PluginNotFound,
-        PluginResourceError,
-        PluginTimeout,
-        PluginTrap,
-        PluginUnavailable,
-        SignatureError,
-    )
-    from .host import (
-        DefaultHostAPI,
-        HostAPI,
-        HostContext,
-        HostFunctions,
-        HostSettings,
-        default_host_functions,
-    )
-    from .loader import DiscoveredPlugin, Loader
-    from .logs import LogRecord, PluginLog
-    from .manager import Event, Manager, PluginInfo
-    from .manifest import LoadedManifest, Manifest, Resources, load_manifest
-    from .plugin import Plugin, PluginSource
-    from .registration import Registration
-    from .runtimes.wasm import WasmEngine
+if TYPE_CHECKING:  # the same names, for type checkers (`X as X` re-exports them)
+    from .errors import HostCallError as HostCallError
+    from .errors import ManifestError as ManifestError
+    from .errors import PermissionDenied as PermissionDenied
+    from .errors import PlughostError as PlughostError
+    from .errors import PluginABIError as PluginABIError
+    from .errors import PluginCallError as PluginCallError
+    from .errors import PluginDisabled as PluginDisabled
+    from .errors import PluginLoadError as PluginLoadError
+    from .errors import PluginNotFound as PluginNotFound
+    from .errors import PluginResourceError as PluginResourceError
+    from .errors import PluginTimeout as PluginTimeout
+    from .errors import PluginTrap as PluginTrap
+    from .errors import PluginUnavailable as PluginUnavailable
+    from .errors import SignatureError as SignatureError
+    from .host import DefaultHostAPI as DefaultHostAPI
+    from .host import HostAPI as HostAPI
+    from .host import HostContext as HostContext
+    from .host import HostFunctions as HostFunctions
+    from .host import HostSettings as HostSettings
+    from .host import default_host_functions as default_host_functions
+    from .loader import DiscoveredPlugin as DiscoveredPlugin
+    from .loader import Loader as Loader
+    from .logs import LogRecord as LogRecord
+    from .logs import PluginLog as PluginLog
+    from .manager import Event as Event
+    from .manager import Manager as Manager
+    from .manager import PluginInfo as PluginInfo
+    from .manifest import LoadedManifest as LoadedManifest
+    from .manifest import Manifest as Manifest
+    from .manifest import Resources as Resources
+    from .manifest import load_manifest as load_manifest
+    from .plugin import Plugin as Plugin
+    from .plugin import PluginSource as PluginSource
+    from .plugin import Runtime as Runtime
+    from .plugin import StartContext as StartContext
+    from .registration import Registration as Registration
+    from .runtimes.sandbox import Sandbox as Sandbox
+    from .runtimes.supervisor import RestartPolicy as RestartPolicy
+    from .runtimes.wasm import WasmEngine as WasmEngine
 
 _EXPORTS = {
     "DefaultHostAPI": ".host",
@@ -82,6 +90,10 @@ _EXPORTS = {
     "PluginTrap": ".errors",
     "PluginUnavailable": ".errors",
     "Registration": ".registration",
+    "RestartPolicy": ".runtimes.supervisor",
+    "Runtime": ".plugin",
+    "Sandbox": ".runtimes.sandbox",
+    "StartContext": ".plugin",
     "Resources": ".manifest",
     "SignatureError": ".errors",
     "WasmEngine": ".runtimes.wasm",
@@ -104,41 +116,5 @@ __version__ = "0.1.0"
 # A library logs; the application decides where logs go.
 logging.getLogger("plughost").addHandler(logging.NullHandler())
 
-__all__ = [
-    "DefaultHostAPI",
-    "DiscoveredPlugin",
-    "Event",
-    "HostAPI",
-    "HostCallError",
-    "HostContext",
-    "HostFunctions",
-    "HostSettings",
-    "LoadedManifest",
-    "Loader",
-    "LogRecord",
-    "Manager",
-    "Manifest",
-    "ManifestError",
-    "PermissionDenied",
-    "PlughostError",
-    "Plugin",
-    "PluginABIError",
-    "PluginCallError",
-    "PluginDisabled",
-    "PluginInfo",
-    "PluginLoadError",
-    "PluginLog",
-    "PluginNotFound",
-    "PluginResourceError",
-    "PluginSource",
-    "PluginTimeout",
-    "PluginTrap",
-    "PluginUnavailable",
-    "Registration",
-    "Resources",
-    "SignatureError",
-    "WasmEngine",
-    "__version__",
-    "default_host_functions",
-    "load_manifest",
-]
+# One list: the lazy exports are the public surface.
+__all__ = sorted(_EXPORTS)

@@ -348,6 +348,12 @@ class Loader:
     def watcher(self) -> Watcher | None:
         return self._watcher
 
+    def __enter__(self) -> Loader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         """Stop watching, unload what this loader loaded and remove its private copies."""
         self.stop_watch()

@@ -382,6 +382,12 @@ class Manager:
         """Publish a lifecycle event (used by the loader for errors)."""
         self._emit(Event(kind, plugin, detail=detail))
 
+    def __enter__(self) -> Manager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         """Unload everything and refuse new plugins and calls from now on."""
         with self._lock:

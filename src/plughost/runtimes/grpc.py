@@ -85,12 +85,21 @@ class GrpcPlugin(PluginBase):
         self._state: PluginState = "starting"
         self._gen = 0
         self._conn: _Connection | None = None
+        self._host = host
+        self._dir = ""  # made by start()
+        self._token = ""  # replaced on every start of the process
+        self._host_server: HostServer | None = None
+
+    def start(self) -> None:
+        """Make the private directory and the Host service, then start the process and
+        bring it to a registered, initialised plugin (the constructor starts nothing)."""
+        if self._dir:
+            raise RuntimeError(f"{self.name} was started already")
         # named after this host, so the next host removes it if we die uncleanly
         self._dir = str(owned_dir("ph", _socket_root()))
         os.chmod(self._dir, 0o700)
         try:
-            self._token = secrets.token_hex(16)  # replaced on every start
-            self._host_server = HostServer(os.path.join(self._dir, "host.sock"), host,
+            self._host_server = HostServer(os.path.join(self._dir, "host.sock"), self._host,
                                            lambda: self.host_context, lambda: self._token)
             self._conn = self._start()
         except BaseException:
@@ -160,6 +169,7 @@ class GrpcPlugin(PluginBase):
                                   network=self._source.manifest.sandbox.network)
 
     def _environment(self, token_fd: int) -> dict[str, str]:
+        assert self._host_server is not None, "start() makes the Host service first"
         m = self._source.manifest
         env = {"PATH": os.environ.get("PATH", os.defpath)}
         env.update({k: os.environ[k] for k in m.env if k in os.environ})
@@ -311,10 +321,10 @@ class GrpcPlugin(PluginBase):
         conn.channel.close()
 
     def _cleanup(self) -> None:
-        server = getattr(self, "_host_server", None)
-        if server is not None:
-            server.stop(0.5)
-        shutil.rmtree(self._dir, ignore_errors=True)
+        if self._host_server is not None:
+            self._host_server.stop(0.5)
+        if self._dir:
+            shutil.rmtree(self._dir, ignore_errors=True)
 
     # -- supervision ---------------------------------------------------------------------
 
@@ -395,8 +405,10 @@ def load_grpc_plugin(source: PluginSource, host: HostFunctions, log: PluginLog, 
                      sandbox: Sandbox | None = None, caller: PluginCaller | None = None
                      ) -> GrpcPlugin:
     """Start, handshake, register and initialise one version of a grpc plugin."""
-    return GrpcPlugin(source, host, log, policy=policy, on_event=on_event, sandbox=sandbox,
-                      caller=caller)
+    plugin = GrpcPlugin(source, host, log, policy=policy, on_event=on_event,
+                        sandbox=sandbox, caller=caller)
+    plugin.start()
+    return plugin
 
 
 class GrpcRuntime:

@@ -106,6 +106,12 @@ class WasmEngine:
         self._ensure_ticker()
         store.set_epoch_deadline(max(1, math.ceil(seconds / TICK_SECONDS)) + 1)
 
+    def __enter__(self) -> WasmEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         self._stop.set()
 
