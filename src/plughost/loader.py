@@ -26,6 +26,7 @@ from .manager import Manager
 from .manifest import Manifest, load_manifest
 from .packaging import PackageLimits
 from .plugin import Kind, Plugin, Runtime, StartContext
+from .reconcile import Action, plan
 from .runtimes.base import release_private_copy
 from .runtimes.grpc import GrpcRuntime
 from .runtimes.sandbox import Sandbox, SandboxMode
@@ -333,10 +334,58 @@ class Loader:
         with self._lock:
             if self._watcher is not None and self._watcher.running:
                 return self._watcher
-            self._watcher = Watcher(self, debounce_ms=debounce_ms)
+            self._watcher = Watcher(self.plugin_dir, self.sync, debounce_ms=debounce_ms)
             watcher = self._watcher
         watcher.start()
         return watcher
+
+    def sync(self, changed: Iterable[Path] = ()) -> list[Action]:
+        """Bring the loaded plugins in line with the tree after `changed` paths changed:
+        rescan, then remove, load, reload or report each plugin as `reconcile.plan` says.
+        One plugin's failure is logged and evented as its own; the rest is applied.
+        Returns the actions taken (the watcher calls this for every batch)."""
+        changed = set(changed)
+        root = self.plugin_dir.absolute()
+        before = {f.name: f for f in self.found()}
+        if not self.plugin_dir.is_dir():  # the whole tree is gone: so are its plugins
+            actions = [Action("remove", name) for name, f in sorted(before.items())
+                       if f.path.absolute().is_relative_to(root)]
+        else:
+            try:
+                self.discover_all()
+            except PlughostError as exc:
+                logger.warning("rescan failed: %s", exc)
+                return []
+            after = {f.name: f for f in self.found()}
+            actions = plan(before, after, changed, lazy=self.lazy,
+                           loaded=lambda name: self.manager.get(name) is not None)
+        for action in actions:
+            self._carry_out(action)
+        return actions
+
+    def _carry_out(self, action: Action) -> None:
+        name = action.name
+        if action.kind == "report":
+            assert action.error is not None
+            self._not_applied(name, action.error, emit=True)
+            return
+        fn = {"remove": self.forget, "load": self.ensure_loaded, "reload": self.reload}[
+            action.kind]
+        try:
+            fn(name)
+            logger.info("sync: %s %s", action.kind, name)
+        except PlughostError as exc:  # the load path already published its error event
+            self._not_applied(name, exc, emit=False)
+        except Exception as exc:  # a bug of ours: this plugin's error; the batch goes on
+            logger.exception("sync: %s %s failed", action.kind, name)
+            self._not_applied(name, PluginLoadError(f"unexpected error: {exc!r}",
+                                                    plugin=name), emit=True)
+
+    def _not_applied(self, name: str, exc: PlughostError, *, emit: bool) -> None:
+        logger.warning("sync: %s: %s", name, exc)
+        self.manager.log_for(name).error(f"change not applied: {exc}", source="host")
+        if emit:
+            self.manager.emit("error", name, str(exc))
 
     def stop_watch(self) -> None:
         with self._lock:
@@ -373,9 +422,6 @@ class Loader:
     async def aload_all(self) -> tuple[int, list[PlughostError]]:
         return await self.manager.run_blocking(self.load_all)
 
-    async def adiscover_all(self) -> int:
-        return await self.manager.run_blocking(self.discover_all)
-
     async def aensure_loaded(self, name: str) -> None:
         await self.manager.run_blocking(self.ensure_loaded, name)
 
@@ -387,26 +433,6 @@ class Loader:
 
     async def aunload(self, name: str) -> None:
         await self.manager.run_blocking(self.unload, name)
-
-    async def aforget(self, name: str) -> None:
-        await self.manager.run_blocking(self.forget, name)
-
-    async def aload_wasm(self, name: str) -> None:
-        await self.manager.run_blocking(self.load_wasm, name)
-
-    async def aload_wasm_from_path(self, path: str | Path, name: str | None = None) -> str:
-        return await self.manager.run_blocking(
-            self.load_wasm_from_path, path, name)
-
-    async def awatch_dir(self, debounce_ms: int = 500) -> Watcher:
-        return await self.manager.run_blocking(
-            self.watch_dir, debounce_ms)
-
-    async def astop_watch(self) -> None:
-        await self.manager.run_blocking(self.stop_watch)
-
-    async def aclose(self) -> None:
-        await self.manager.run_blocking(self.close)
 
     # -- internals -----------------------------------------------------------------------
 

@@ -348,15 +348,6 @@ class Manager:
         return await self._run_within(
             outer, name, lambda: self.call(name, function, args, timeout=timeout))
 
-    async def areplace(self, plugin: Plugin) -> Plugin | None:
-        return await self._run(self.replace, plugin)
-
-    async def aunregister(self, name: str) -> Plugin:
-        return await self._run(self.unregister, name)
-
-    async def ashutdown_all(self, timeout: float | None = None) -> None:
-        await self._run(self.shutdown_all, timeout)
-
     async def run_blocking(self, fn: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs
                            ) -> _R:
         """Run any blocking plughost call on the manager's pool (used by the loader)."""

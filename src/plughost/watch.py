@@ -1,12 +1,11 @@
-"""Hot reload: watch a plugin tree with watchfiles and apply what changed (docs/operations.md).
+"""Hot reload: watch a plugin tree with watchfiles and hand over debounced batches.
 
-Each debounced batch of changes is applied by rescanning the tree and comparing it with
-what was there before, so every case reduces to three: a plugin appeared (discovered, and
-loaded unless lazy), disappeared (unloaded and forgotten), or one of its files changed
-(reloaded through the loader's atomic path, so a broken new version leaves the old one
-serving). Renames, moved-in directories and new subdirectories are just combinations.
-Hidden and editor temp files never trigger anything; files still being written are waited
-for until their size and mtime stop moving.
+The watcher only produces batches of changed paths: it waits for a quiet period, then for
+the changed files to settle (a copy or download in progress), then calls `on_batch` with
+the paths (the loader's `sync`, which decides and applies what they mean; see
+reconcile.py). Hidden and editor temp files never trigger anything. When the watched
+directory is replaced or removed, the watch starts over, and a batch for the root itself
+lets `sync` see what is there now.
 """
 
 from __future__ import annotations
@@ -17,17 +16,10 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import watchfiles
 
-from .discovery import Found, is_ignored
-from .errors import PlughostError, PluginLoadError
-from .manifest import MANIFEST_FILE
-from .signing import DIR_SIGNATURE, sidecar
-
-if TYPE_CHECKING:
-    from .loader import Loader
+from .discovery import is_ignored
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +43,16 @@ def _fingerprint(paths: Iterable[Path]) -> tuple[tuple[str, int, int], ...]:
     return tuple(out)
 
 
-class Watcher:
-    """A background thread applying filesystem changes under `loader.plugin_dir`."""
+Batch = Callable[[set[Path]], object]
 
-    def __init__(self, loader: Loader, *, debounce_ms: int = 500,
+
+class Watcher:
+    """A background thread handing `on_batch` the changes under `root`, debounced."""
+
+    def __init__(self, root: Path, on_batch: Batch, *, debounce_ms: int = 500,
                  settle_timeout: float = 10.0) -> None:
-        self.loader = loader
+        self.root = Path(root)
+        self._on_batch = on_batch
         self.debounce_ms = debounce_ms
         self.settle_timeout = settle_timeout
         self._stop = threading.Event()
@@ -71,7 +67,7 @@ class Watcher:
         """Start watching; returns once the watch is live (changes from now on are seen)."""
         self._thread.start()
         # watchfiles has no "ready" signal: touch a probe file until the watcher sees it.
-        probe = self.loader.plugin_dir / self._probe
+        probe = self.root / self._probe
         end = time.monotonic() + 10.0
         try:
             while not self._ready.is_set() and time.monotonic() < end:
@@ -98,12 +94,12 @@ class Watcher:
             return self._applied.wait_for(lambda: self.batches > after, timeout)
 
     def _run(self) -> None:
-        root = self.loader.plugin_dir.absolute()
+        root = self.root.absolute()
         restarted = False
         while not self._stop.is_set():
             identity = _identity(root)
             if identity is None:  # the whole plugin dir is gone: so are its plugins
-                self._batch(set(), gone=True)
+                self._batch({root})
                 self._stop.wait(0.5)
                 continue
             # The quiet period is ours: watchfiles reports every 50 ms of activity (and
@@ -143,24 +139,17 @@ class Watcher:
             return False
         return not any(is_ignored(part) for part in parts[-3:])
 
-    def _batch(self, changed: set[Path], gone: bool = False) -> None:
+    def _batch(self, changed: set[Path]) -> None:
         try:
-            if gone:
-                self._unload_all()
-            else:
-                self.apply(changed)
+            self._settle(changed)
+            self._on_batch(changed)
         except Exception:  # a watcher that dies silently is worse than a log line
-            logger.exception("applying changes under %s failed", self.loader.plugin_dir)
+            logger.exception("applying changes under %s failed", self.root)
         with self._applied:
             self.batches += 1
             self._applied.notify_all()
 
-    def _unload_all(self) -> None:
-        for found in self.loader.found():
-            if found.path.absolute().is_relative_to(self.loader.plugin_dir.absolute()):
-                self._act(found.name, "remove", self.loader.forget)
-
-    # -- applying a batch ----------------------------------------------------------------
+    # -- settling ---------------------------------------------------------------------------
 
     def _settle(self, paths: set[Path]) -> None:
         """Wait until the changed files stop changing (a copy or download in progress)."""
@@ -176,69 +165,3 @@ class Watcher:
             if now == last:
                 return
             last = now
-
-    def apply(self, changed: set[Path]) -> None:
-        loader = self.loader
-        self._settle(changed)
-        before = {f.name: f for f in loader.found()}
-        if not loader.plugin_dir.is_dir():
-            self._unload_all()
-            return
-        try:
-            loader.discover_all()
-        except PlughostError as exc:
-            logger.warning("rescan failed: %s", exc)
-            return
-        after = {f.name: f for f in loader.found()}
-
-        for name in sorted(before.keys() - after.keys()):
-            self._act(name, "remove", loader.forget)
-        for name in sorted(after.keys() - before.keys()):
-            error = after[name].error
-            if error is not None:
-                self._report(name, error)
-            elif not loader.lazy:
-                self._act(name, "load", loader.ensure_loaded)
-        for name in sorted(before.keys() & after.keys()):
-            old, new = before[name], after[name]
-            if not (_touches(changed, old) or _touches(changed, new) or old.path != new.path
-                    or (old.error is None) != (new.error is None)):
-                continue
-            if new.error is not None:  # the running version (if any) keeps serving
-                self._report(name, new.error)
-            elif loader.manager.get(name) is not None:
-                self._act(name, "reload", loader.reload)
-            elif not loader.lazy:
-                self._act(name, "load", loader.ensure_loaded)
-
-    def _act(self, name: str, what: str, fn: Callable[[str], object]) -> None:
-        try:
-            fn(name)
-            logger.info("watch: %s %s", what, name)
-        except PlughostError as exc:  # the loader already published the error event
-            self._report(name, exc, emit=False)
-        except Exception as exc:  # a bug of ours: this plugin's error; the batch goes on
-            logger.exception("watch: %s %s failed", what, name)
-            self._report(name, PluginLoadError(f"unexpected error: {exc!r}", plugin=name))
-
-    def _report(self, name: str, exc: PlughostError, *, emit: bool = True) -> None:
-        logger.warning("watch: %s: %s", name, exc)
-        self.loader.manager.log_for(name).error(f"change not applied: {exc}", source="host")
-        if emit:
-            self.loader.manager.emit("error", name, str(exc))
-
-
-def _touches(changed: set[Path], found: Found) -> bool:
-    """Did a file that defines this plugin change: its module/package file and sidecar, or
-    in a plugin dir the manifest, the module/executable and the signature? Other files in
-    a plugin dir (data a plugin writes, say) do not restart it."""
-    root = found.path.absolute()
-    if root.suffix in (".wasm", ".zip") and not root.is_dir():
-        owned = {root, sidecar(root)}
-    else:
-        owned = {root, root / MANIFEST_FILE, root / DIR_SIGNATURE}
-        if found.manifest is not None:
-            owned.add(found.manifest.entry.absolute())
-    return any(p.absolute() in owned for p in changed)
-
-
