@@ -555,6 +555,8 @@ def test_call_racing_a_crash_is_unavailable(plugins: Path, manager: Manager,
     events = Events(manager)
     new_loader().load_all()
     plugin = grpc_plugin(manager, "race")
+    # White-box on purpose: holding one call between picking its connection and using it
+    # needs that connection's stub; no public surface can stop a call half-way.
     conn = plugin._conn
     assert conn is not None
     real = conn.stub

@@ -19,13 +19,17 @@ from plughost import (
     PluginTimeout,
     PluginUnavailable,
 )
+from plughost.plugin import Plugin, StartContext
 
 from .conftest import wait_until, write_plugin_dir, write_wasm
 
 
-def build(loader: Loader, name: str):  # type: ignore[no-untyped-def]
-    """A fresh, unregistered plugin object built the way the loader builds one."""
-    return loader._build(loader._lookup(name))
+def build(loader: Loader, name: str) -> Plugin:
+    """A fresh, unregistered plugin object, started through the loader's own seam."""
+    [found] = [f for f in loader.found() if f.name == name]
+    staged = loader.stager.stage(found)
+    return loader.runtimes[staged.source.kind].start(staged, StartContext(
+        host=loader.manager.host, log=loader.manager.log_for(name), caller=loader.manager))
 
 
 def test_register_get_list_unregister(make_loader: Callable[..., Loader], plugins: Path,

@@ -332,7 +332,7 @@ def test_events_stream(serve: Serve) -> None:
     finally:
         sse.close()
     wait_until(lambda: s.state.hub.clients == 0)  # the listener left with the client
-    assert len(s.state.manager._listeners) == 1  # only the hub's own error tracker
+    assert len(s.state.manager.listeners) == 1  # only the hub's own error tracker
 
 
 def test_watcher_changes_reach_the_event_stream(serve: Serve, plugin_dir: Path) -> None:
@@ -373,7 +373,7 @@ def test_slow_clients_lose_the_oldest_events() -> None:
 
         got, dropped = asyncio.run(scenario())
         assert got == ["p7", "p8", "p9"] and dropped == 7
-        assert hub.clients == 0 and manager._listeners == []
+        assert hub.clients == 0 and manager.listeners == ()
     finally:
         manager.close()
 

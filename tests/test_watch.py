@@ -481,7 +481,7 @@ def test_stop_watch_stops_everything(plugins: Path, start: Start) -> None:
     watcher = s.watcher
     s.loader.stop_watch()
     assert not watcher.running
-    assert not watcher._thread.is_alive()
+    assert not watcher.alive  # stop() joined its thread
     assert s.loader.watcher is None
     batches = watcher.batches
     mark = s.rec.mark()

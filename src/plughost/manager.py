@@ -362,6 +362,11 @@ class Manager:
         with contextlib.suppress(ValueError):
             self._listeners.remove(listener)
 
+    @property
+    def listeners(self) -> tuple[Callable[[Event], None], ...]:
+        """The listeners registered now (a client that went away must not leave one)."""
+        return tuple(self._listeners)
+
     def _emit(self, event: Event) -> None:
         for listener in list(self._listeners):
             try:

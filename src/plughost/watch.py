@@ -86,7 +86,12 @@ class Watcher:
 
     @property
     def running(self) -> bool:
+        """Watching: started, not asked to stop. `alive` says whether its thread still runs."""
         return self._thread.is_alive() and not self._stop.is_set()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def wait_for_batch(self, after: int, timeout: float) -> bool:
         """Wait until more than `after` batches were applied (for tests and tools)."""
