@@ -181,3 +181,8 @@ def status_mib(field: str) -> float:
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     raise AssertionError(f"no {field} in /proc/self/status")
+
+
+def names(loader: Loader) -> list[str]:
+    """The names a loader has discovered, sorted, once each."""
+    return sorted({d.name for d in loader.discovered_plugins()})

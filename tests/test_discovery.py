@@ -25,7 +25,7 @@ from plughost import (
 from plughost.discovery import Found, scan
 from plughost.runtimes.wasm import WasmEngine
 
-from .conftest import wat_bytes, write_plugin_dir, write_wasm
+from .conftest import names, wat_bytes, write_plugin_dir, write_wasm
 
 PLACEHOLDER = b"\0asm\1\0\0\0"
 
@@ -114,7 +114,7 @@ def test_loader_sees_the_same_layout(make_loader: Callable[..., Loader], plugins
     put(plugins, "deep/er/b.wasm")
     loader = make_loader()
     assert loader.discover_all() == 2
-    assert loader.discovered() == ["b", "p1"]
+    assert names(loader) == ["b", "p1"]
     d = infos(loader)
     assert (d["p1"].path, d["p1"].type) == (plugins / "p1", "wasm")
     assert d["p1"].manifest is not None and d["p1"].manifest.name == "p1"
@@ -164,7 +164,7 @@ def test_broken_manifest_shows_up_with_its_error(make_loader: Callable[..., Load
     put(plugins, "a.wasm")
     loader = make_loader()
     assert loader.discover_all() == 2
-    assert name in loader.discovered()
+    assert name in names(loader)
     d = infos(loader)
     assert set(d) == {name, "a"}  # its own x.wasm is still not a plugin
     bad = d[name]
@@ -266,7 +266,7 @@ def test_two_plugins_with_one_name_are_both_reported_and_neither_loads(
         assert str(first) in f.error.message and str(second) in f.error.message
 
     assert loader.discover_all() == 3
-    assert loader.discovered() == ["a", "ok"]
+    assert names(loader) == ["a", "ok"]
     dups = [d for d in loader.discovered_plugins() if d.name == "a"]
     assert sorted(d.path for d in dups) == sorted([first, second])
     assert all(isinstance(d.error, ManifestError) and not d.loaded for d in dups)
@@ -313,10 +313,10 @@ def test_discovered_returns_sorted_names_including_broken(make_loader: Callable[
     put_plugin_dir(plugins, "mdir", {"name": "mike", "runtime": "wasm"}, files=("mike.wasm",))
     put_plugin_dir(plugins, "charlie", "runtime: [\n")
     loader = make_loader()
-    assert loader.discovered() == []  # nothing before discovery
+    assert names(loader) == []  # nothing before discovery
     assert loader.discover_all() == 4
-    assert loader.discovered() == ["alpha", "charlie", "mike", "zulu"]
-    assert sorted(d.name for d in loader.discovered_plugins()) == loader.discovered()
+    assert names(loader) == ["alpha", "charlie", "mike", "zulu"]
+    assert sorted(d.name for d in loader.discovered_plugins()) == names(loader)
 
 
 def test_loaded_follows_the_managers_registry(make_loader: Callable[..., Loader],
@@ -341,7 +341,7 @@ def test_loaded_follows_the_managers_registry(make_loader: Callable[..., Loader]
     manager.unregister("tk")  # behind the loader's back
     d = infos(loader)
     assert not d["tk"].loaded and d["tk"].loaded_at is None
-    assert "tk" in loader.discovered()  # still discovered
+    assert "tk" in names(loader)  # still discovered
 
     loader.ensure_loaded("tk")  # the registry says it is gone, so this loads it again
     assert infos(loader)["tk"].loaded
@@ -405,7 +405,7 @@ def test_root_holding_plugin_yaml_is_one_plugin(tmp_path: Path, manager: Manager
 
     loader = Loader(root, manager, engine=engine)
     assert loader.discover_all() == 1
-    assert loader.discovered() == ["solo"]
+    assert names(loader) == ["solo"]
     assert loader.load_all() == (1, [])
     assert manager.names() == ["solo"]
     assert manager.call("solo", "count") == 1
@@ -422,7 +422,7 @@ def test_root_with_broken_plugin_yaml_is_one_broken_plugin(tmp_path: Path) -> No
 def test_empty_root_discovers_nothing(make_loader: Callable[..., Loader]) -> None:
     loader = make_loader()
     assert loader.discover_all() == 0
-    assert loader.discovered() == [] and loader.discovered_plugins() == []
+    assert names(loader) == [] and loader.discovered_plugins() == []
     assert loader.load_all() == (0, [])
 
 
@@ -445,7 +445,7 @@ def test_symlinked_directories_are_not_followed(make_loader: Callable[..., Loade
     assert [(f.name, f.path) for f in found] == [("near", plugins / "sub" / "near.wasm")]
     loader = make_loader()
     assert loader.discover_all() == 1
-    assert loader.discovered() == ["near"]
+    assert names(loader) == ["near"]
 
 
 @pytest.mark.timeout(20)

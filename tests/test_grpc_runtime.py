@@ -40,7 +40,7 @@ from plughost.runtimes.grpc import GrpcPlugin
 from plughost.runtimes.supervisor import RestartPolicy
 from plughost.runtimes.wasm import WasmEngine
 
-from .conftest import wait_until, write_wasm
+from .conftest import names, wait_until, write_wasm
 
 GRPC = Path(__file__).parent / "fixtures" / "grpc"
 FAST = RestartPolicy(initial_backoff=0.05, max_crashes=3, window=30)
@@ -757,7 +757,7 @@ def test_unload_leaves_nothing_behind(plugins: Path, manager: Manager,
     assert not os.path.exists(sock_dir)
     assert (pdir / f"shutdown-{pid}").exists()  # SDK on_shutdown ran: Shutdown RPC arrived
     wait_until(lambda: dead(child))
-    assert manager.names() == [] and loader.discovered() == ["tidy"]
+    assert manager.names() == [] and names(loader) == ["tidy"]
 
 
 def test_unload_with_a_child_holding_the_pipes(plugins: Path, manager: Manager,

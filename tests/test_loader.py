@@ -18,7 +18,7 @@ from plughost import (
     PluginNotFound,
 )
 
-from .conftest import EXAMPLES, wait_until, wat_bytes, write_plugin_dir, write_wasm
+from .conftest import EXAMPLES, names, wait_until, wat_bytes, write_plugin_dir, write_wasm
 
 
 def replace_file(path: Path, data: bytes) -> None:
@@ -45,7 +45,7 @@ def test_lazy_load_all_only_discovers_and_first_call_loads(
     loader = make_loader(lazy=True)
     assert loader.load_all() == (2, [])
     assert manager.names() == []
-    assert loader.discovered() == ["a", "b"]
+    assert names(loader) == ["a", "b"]
     assert [d.loaded for d in loader.discovered_plugins()] == [False, False]
     assert manager.call("a", "count") == 1
     assert manager.names() == ["a"]  # b is still only discovered
@@ -198,14 +198,14 @@ def test_unload_and_forget(make_loader: Callable[..., Loader], plugins: Path,
     lazy.discover_all()
     assert manager.call("a", "count") == 1
     lazy.unload("a")
-    assert manager.get("a") is None and lazy.discovered() == ["a"]
+    assert manager.get("a") is None and names(lazy) == ["a"]
     assert manager.call("a", "count") == 1  # lazy: loaded again, fresh state
     lazy.forget("a")
-    assert manager.get("a") is None and lazy.discovered() == []
+    assert manager.get("a") is None and names(lazy) == []
     with pytest.raises(PluginNotFound):
         manager.call("a", "count")
     lazy.discover_all()  # a rescan finds it again
-    assert lazy.discovered() == ["a"]
+    assert names(lazy) == ["a"]
 
 
 def test_load_wasm_and_load_wasm_from_path(make_loader: Callable[..., Loader], plugins: Path,
@@ -221,7 +221,7 @@ def test_load_wasm_and_load_wasm_from_path(make_loader: Callable[..., Loader], p
     replace_file(elsewhere, wat_bytes(name="outside", version="4"))
     loader.reload("outside")  # remembered: reload works like any other plugin
     assert manager.call("outside", "version") == "4"
-    assert "outside" in loader.discovered()
+    assert "outside" in names(loader)
     pdir = EXAMPLES / "counter"
     assert loader.load_wasm_from_path(pdir) == "counter"
     assert manager.call("counter", "increment", {"by": 2}) == {"count": 2}

@@ -19,6 +19,7 @@ from plughost import (
     PluginTimeout,
     PluginUnavailable,
 )
+from plughost.discovery import scan
 from plughost.plugin import Plugin, StartContext
 
 from .conftest import wait_until, write_plugin_dir, write_wasm
@@ -26,7 +27,7 @@ from .conftest import wait_until, write_plugin_dir, write_wasm
 
 def build(loader: Loader, name: str) -> Plugin:
     """A fresh, unregistered plugin object, started through the loader's own seam."""
-    [found] = [f for f in loader.found() if f.name == name]
+    [found] = [f for f in scan(loader.plugin_dir) if f.name == name]
     staged = loader.stager.stage(found)
     return loader.runtimes[staged.source.kind].start(staged, StartContext(
         host=loader.manager.host, log=loader.manager.log_for(name), caller=loader.manager))

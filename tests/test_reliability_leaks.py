@@ -8,6 +8,7 @@ stay where it was, within a margin far below what one leaked item per operation 
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 from pathlib import Path
@@ -38,7 +39,9 @@ def threads() -> int:
 def children() -> set[int]:
     found: set[int] = set()
     for task in os.listdir("/proc/self/task"):
-        with open(f"/proc/self/task/{task}/children") as f:
+        # a thread may end between the listing and the read: it has no children then
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError), \
+                open(f"/proc/self/task/{task}/children") as f:
             found.update(int(p) for p in f.read().split())
     return found
 

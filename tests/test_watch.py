@@ -23,7 +23,7 @@ from plughost import Event, Loader, Manager, ManifestError, PlughostError
 from plughost.runtimes.wasm import WasmEngine
 from plughost.watch import Watcher
 
-from .conftest import wait_until, wat_bytes, write_plugin_dir, write_wasm
+from .conftest import names, wait_until, wat_bytes, write_plugin_dir, write_wasm
 
 GRPC_PLUGIN = Path(__file__).parent / "fixtures" / "hostops" / "grpc_plugin.py"
 DEBOUNCE_MS = 100
@@ -254,7 +254,7 @@ def test_delete_unloads_and_forgets(plugins: Path, start: Start, kind: str) -> N
     else:
         path.unlink()
     s.rec.wait("unload", "a", after=mark)
-    wait_until(lambda: "a" not in s.loader.discovered())
+    wait_until(lambda: "a" not in names(s.loader))
     assert s.manager.get("a") is None
     assert "a" not in [d.name for d in s.loader.discovered_plugins()]
     assert s.manager.call("other", "version") == "1.0.0"  # the rest keeps serving
@@ -268,18 +268,18 @@ def test_directory_moved_in_and_out(plugins: Path, tmp_path: Path, start: Start,
     outside = tmp_path / "staging"  # same filesystem: os.rename is one atomic move
     built = write_kind(outside, kind, "m")
     s = start()
-    assert "m" not in s.loader.discovered()
+    assert "m" not in names(s.loader)
     mark = s.rec.mark()
     os.rename(built, plugins / "m")
     s.rec.wait("load", "m", after=mark)
     assert s.manager.call("m", "version") == "1.0.0"
-    assert "m" in s.loader.discovered()
+    assert "m" in names(s.loader)
     assert s.loader.discovered_plugins()[0].path == plugins / "m"
 
     mark = s.rec.mark()
     os.rename(plugins / "m", outside / "m-back")
     s.rec.wait("unload", "m", after=mark)
-    wait_until(lambda: "m" not in s.loader.discovered())
+    wait_until(lambda: "m" not in names(s.loader))
     assert s.manager.get("m") is None
 
 
@@ -322,8 +322,8 @@ def test_rename_of_a_wasm_fixes_a_misnamed_file(plugins: Path, start: Start) -> 
     os.rename(plugins / "typo.wasm", plugins / "good.wasm")
     s.rec.wait("load", "good", after=mark)
     assert s.manager.call("good", "version") == "1.0.0"
-    wait_until(lambda: "typo" not in s.loader.discovered())
-    assert s.loader.discovered() == ["good"]
+    wait_until(lambda: "typo" not in names(s.loader))
+    assert names(s.loader) == ["good"]
 
 
 def test_rename_of_a_loaded_wasm_drops_the_old_name(plugins: Path, start: Start) -> None:
@@ -336,7 +336,7 @@ def test_rename_of_a_loaded_wasm_drops_the_old_name(plugins: Path, start: Start)
     # the module still says it is "a": identity is not self-declared, so "b" is refused
     err = s.rec.wait("error", "b", after=mark)
     assert "'a'" in err.detail and "b" in err.detail
-    wait_until(lambda: s.loader.discovered() == ["b"])
+    wait_until(lambda: names(s.loader) == ["b"])
     assert s.manager.get("a") is None and s.manager.get("b") is None
 
 
@@ -386,7 +386,7 @@ def test_editor_temp_files_trigger_no_reload(plugins: Path, start: Start) -> Non
     s.barrier()
     assert [e for e in s.rec.since(mark) if e.plugin in ("a", "d")] == []
     assert {n: s.manager.get(n) for n in ("a", "d")} == before
-    assert sorted(s.loader.discovered()) == ["a", "d", "zz-barrier-1"]
+    assert names(s.loader) == ["a", "d", "zz-barrier-1"]
 
 
 def test_broken_new_version_keeps_the_old_one_serving(plugins: Path, start: Start) -> None:
@@ -451,7 +451,7 @@ def test_lazy_new_plugins_are_discovered_then_loaded_by_a_call(plugins: Path,
     mark = s.rec.mark()
     batches = s.watcher.batches
     replace_atomic(plugins / "fresh.wasm", wat_bytes(name="fresh"))
-    wait_until(lambda: "fresh" in s.loader.discovered() and s.watcher.batches > batches,
+    wait_until(lambda: "fresh" in names(s.loader) and s.watcher.batches > batches,
                WAIT)
     assert s.manager.get("fresh") is None  # discovered only
     assert s.rec.since(mark) == []

@@ -149,16 +149,15 @@ class Loader:
                 self.manager.log_for(f.name).warning(f"plugin.yaml: {w}", source="host")
         return len(results)
 
-    def found(self) -> list[Found]:
-        """The raw discovery records (one per name)."""
+    def _records(self) -> list[Found]:
+        """The raw discovery records, one per name (for sync's before/after)."""
         with self._lock:
             return list(self._found.values())
 
-    def discovered(self) -> list[str]:
-        with self._lock:
-            return sorted(self._found)
-
     def discovered_plugins(self) -> list[DiscoveredPlugin]:
+        """What is on disk (and loaded from elsewhere by `load_wasm_from_path`), the one
+        view of discovery: every entry found, broken ones included (two plugins claiming
+        one name are both listed, with their error), each with its loaded state."""
         with self._lock:
             entries = list(self._all) + [f for n, f in self._extra.items()
                                          if all(a.name != n for a in self._all)]
@@ -346,7 +345,7 @@ class Loader:
         Returns the actions taken (the watcher calls this for every batch)."""
         changed = set(changed)
         root = self.plugin_dir.absolute()
-        before = {f.name: f for f in self.found()}
+        before = {f.name: f for f in self._records()}
         if not self.plugin_dir.is_dir():  # the whole tree is gone: so are its plugins
             actions = [Action("remove", name) for name, f in sorted(before.items())
                        if f.path.absolute().is_relative_to(root)]
@@ -356,7 +355,7 @@ class Loader:
             except PlughostError as exc:
                 logger.warning("rescan failed: %s", exc)
                 return []
-            after = {f.name: f for f in self.found()}
+            after = {f.name: f for f in self._records()}
             actions = plan(before, after, changed, lazy=self.lazy,
                            loaded=lambda name: self.manager.get(name) is not None)
         for action in actions:
