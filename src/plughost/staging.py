@@ -32,6 +32,7 @@ from .packaging import PackageLimits, extract
 from .plugin import PluginSource, Staged
 from .signing import (
     DIR_SIGNATURE,
+    DirectoryListing,
     file_digest,
     list_directory,
     load_trusted_keys,
@@ -114,10 +115,11 @@ class Stager:
                     raise SignatureError(f"cannot make a private copy to verify: {exc}",
                                          plugin=found.name, path=found.path) from None
                 run_dir.chmod(0o700)
-                self._check_directory(found.name, run_dir, found.path)
+                listing = self._check_directory(found.name, run_dir, found.path)
             except BaseException:
                 remove(private)
                 raise
+            return self._from_directory(found, run_dir, private, listing)
         return self._from_directory(found, run_dir, private)
 
     def _stage_package(self, found: Found) -> Staged:
@@ -131,14 +133,18 @@ class Stager:
         dest = private / found.name  # a manifest without `name:` defaults to its dir name
         try:
             extract(data, dest, plugin=found.name, source=found.path, limits=self.limits)
+            listing = None
             if self.require and not verified:
-                self._check_directory(found.name, dest, found.path)
-            return self._from_directory(found, dest, private)
+                listing = self._check_directory(found.name, dest, found.path)
+            return self._from_directory(found, dest, private, listing)
         except BaseException:
             remove(private)
             raise
 
-    def _from_directory(self, found: Found, run_dir: Path, private: Path | None) -> Staged:
+    def _from_directory(self, found: Found, run_dir: Path, private: Path | None,
+                        listing: DirectoryListing | None = None) -> Staged:
+        """`listing`: the verified listing of `run_dir`, when it was just verified (its
+        bytes are pinned and run; nothing is read again)."""
         try:
             lm: LoadedManifest = load_manifest(run_dir)
         except ManifestError as exc:  # name what the user has, not our private copy
@@ -148,12 +154,20 @@ class Stager:
             raise ManifestError(f"names the plugin {lm.name!r}, but it was discovered as "
                                 f"{found.name!r}; rescan, or rename", plugin=found.name,
                                 path=found.path, field="name")
-        pinned = _seal(found.name, found.path, run_dir) if private is not None else None
+        if private is not None and listing is None:
+            listing = _listing(found.name, found.path, run_dir)
+        pinned = None
+        if private is not None and listing is not None:
+            _seal(run_dir)
+            pinned = listing.digest
         source = PluginSource(found.name, lm.manifest.runtime, found.path, run_dir, lm.entry,
                               lm.manifest, lm, private, pinned)
         module = None
         if source.kind == "wasm":
-            module = _read(lm.entry, "module", found.name)
+            rel = os.path.relpath(lm.entry, run_dir).replace(os.sep, "/")
+            module = listing.files.get(rel) if listing is not None else None
+            if module is None:
+                module = _read(lm.entry, "module", found.name)
         return Staged(source, module)
 
     # -- signatures ------------------------------------------------------------------------
@@ -169,7 +183,7 @@ class Stager:
                                  "required", plugin=found.name, path=found.path) from None
         self._verify(found.name, found.path, file_digest(data), text, sig_file)
 
-    def _check_directory(self, name: str, directory: Path, shown: Path) -> None:
+    def _check_directory(self, name: str, directory: Path, shown: Path) -> DirectoryListing:
         sig_path = directory / DIR_SIGNATURE
         try:
             text = _read_signature(sig_path, name, shown)
@@ -177,10 +191,11 @@ class Stager:
             raise SignatureError(f"unsigned: {DIR_SIGNATURE} not found and signatures are "
                                  "required", plugin=name, path=shown) from None
         try:
-            digest = list_directory(directory).digest
+            listing = list_directory(directory)
         except SignatureError as exc:
             raise SignatureError(exc.message, plugin=name, path=shown) from None
-        self._verify(name, shown, digest, text, shown / DIR_SIGNATURE)
+        self._verify(name, shown, listing.digest, text, shown / DIR_SIGNATURE)
+        return listing
 
     def _verify(self, name: str, path: Path, digest: bytes, sig_text: bytes,
                 sig_path: Path) -> None:
@@ -211,23 +226,26 @@ def _read_signature(path: Path, plugin: str, shown: Path) -> bytes:
                              path=shown) from None
 
 
-def _seal(plugin: str, shown: Path, run_dir: Path) -> bytes:
-    """Make a private copy read-only and return the digest it is pinned to.
+def _listing(plugin: str, shown: Path, run_dir: Path) -> DirectoryListing:
+    """The listing a private copy that was not just verified is pinned to."""
+    try:
+        return list_directory(run_dir)
+    except SignatureError as exc:
+        raise PluginLoadError(f"cannot pin its private copy: {exc.message}", plugin=plugin,
+                              path=shown) from None
+
+
+def _seal(run_dir: Path) -> None:
+    """Make a private copy read-only (its digest is pinned by the caller).
 
     Modes do not stop a process of the same user (it may chmod them back) or root; they
     stop accidents. What stops a plugin from rewriting a sibling's copy is the sandbox's
     read-only bind, and, without one, the pinned digest checked before every start."""
-    try:
-        digest = list_directory(run_dir).digest
-    except SignatureError as exc:
-        raise PluginLoadError(f"cannot pin its private copy: {exc.message}", plugin=plugin,
-                              path=shown) from None
     for dirpath, _dirs, files in os.walk(run_dir):
         for name in files:
             full = os.path.join(dirpath, name)
             os.chmod(full, os.stat(full).st_mode & 0o555)
         os.chmod(dirpath, 0o500)
-    return digest
 
 
 def _copy_regular(src: str, dst: str) -> None:

@@ -37,7 +37,8 @@ class _HostServicer(pb_grpc.HostServicer):
         # token (read once from a pipe, never in an environment), so nobody else speaks
         # as this plugin, and a leftover of an earlier start cannot either.
         sent = dict(context.invocation_metadata()).get(HOST_TOKEN_METADATA, "")
-        if not hmac.compare_digest(str(sent).encode(), self._token().encode()):
+        expected = self._token()  # "" while no process has been started: refuse all
+        if not expected or not hmac.compare_digest(str(sent).encode(), expected.encode()):
             self._context().log.warning("refused a host call without this plugin's token",
                                         source="host")
             context.abort(grpc.StatusCode.PERMISSION_DENIED,

@@ -77,6 +77,7 @@ class Sandbox:
         self._lock = threading.Lock()
         self._probed = False
         self._bwrap: str | None = None
+        self._mounts: list[str] = []  # the same for every plugin: made once, by the probe
         self._why_not = ""
         self._warned = False
 
@@ -109,6 +110,7 @@ class Sandbox:
                 self._why_not = f"{found} cannot make namespaces here: {err or done.returncode}"
                 return
             self._bwrap = found
+            self._mounts = _shared_mounts()
 
     @property
     def active(self) -> bool:
@@ -137,16 +139,7 @@ class Sandbox:
         args = [self._bwrap, *_BASE]
         if not network:
             args.append("--unshare-net")
-        for d in SYSTEM_DIRS:
-            if os.path.islink(d):
-                args += ["--symlink", os.readlink(d), d]
-            elif os.path.isdir(d):
-                args += ["--ro-bind", d, d]
-        args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
-        # Later binds go over earlier ones: /tmp is private first, then the plugin's own
-        # paths (which often live under /tmp) are bound into it.
-        for path in _python_paths():
-            args += ["--ro-bind", path, path]
+        args += self._mounts
         run = str(run_dir)
         args += ["--ro-bind", run, run, "--bind", str(writable), str(writable)]
         for path in self.read_only:
@@ -168,6 +161,22 @@ class Sandbox:
                 "host's token and environment and from running changed code, but they can "
                 "see other processes, read what this user can read, and use the network "
                 "(see docs/reliability.md, 'Without bubblewrap')", self._why_not)
+
+
+def _shared_mounts() -> list[str]:
+    """The mounts every plugin gets: the system read-only, its own /proc, /dev and /tmp,
+    and the host's Python environment. Later binds go over earlier ones: /tmp is private
+    first, then paths that live under it (a venv, a plugin's own dirs) are bound into it."""
+    args: list[str] = []
+    for d in SYSTEM_DIRS:
+        if os.path.islink(d):
+            args += ["--symlink", os.readlink(d), d]
+        elif os.path.isdir(d):
+            args += ["--ro-bind", d, d]
+    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    for path in _python_paths():
+        args += ["--ro-bind", path, path]
+    return args
 
 
 def _paths(given: Sequence[str | os.PathLike[str]] | None, env: str) -> tuple[str, ...]:
