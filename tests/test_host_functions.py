@@ -24,8 +24,8 @@ import pytest
 import wasmtime
 import yaml
 
-from plughost import Loader, Manager, PluginCallError, PluginTimeout
-from plughost.host import HostSettings
+from plughost import CallCycle, Loader, Manager, PluginCallError, PluginLoadError, PluginTimeout
+from plughost.host import HostContext, HostSettings
 from plughost.host.mail import SMTPSettings
 from plughost.manifest import PERMISSIONS
 from plughost.runtimes.wasm import WasmEngine
@@ -787,13 +787,70 @@ def test_plugin_call_wasm_to_wasm(plugins: Path, engine: WasmEngine, hosts: Make
     assert ok(m, "a", "plugin_call", call_args("b", "nothing")) is None
 
 
+@pytest.mark.parametrize("instances", [1, 4])
 def test_plugin_call_to_itself_is_a_refused_cycle(plugins: Path, engine: WasmEngine,
-                                                  hosts: MakeHost) -> None:
-    wasm(plugins, "a", ["plugin.call"], resources={"call_timeout_ms": 5000})
+                                                  hosts: MakeHost, instances: int) -> None:
+    """One rule for every size of pool: a plugin is entered once per call path (with one
+    instance the inner call would wait on itself; with four it would not, and is still
+    refused, so the rule does not depend on the runtime)."""
+    wasm(plugins, "a", ["plugin.call"],
+         resources={"call_timeout_ms": 5000, "max_instances": instances})
     m = hosts()
     load(m, plugins, engine, 1)
-    refused(m, "a", "plugin_call", call_args("a", "count"), "plugin_call", "cycle", "a -> a")
+    kinds: list[str] = []
+    m.add_listener(lambda event: kinds.append(event.kind))
+    refused(m, "a", "plugin_call", call_args("a", "count"), "plugin_call a.count failed",
+            "CallCycle", "cycle refused (a -> a)")
     assert m.call("a", "count") == 1  # it never ran
+    # refused before the target was touched: not a failed call of `a`
+    assert "call_error" not in kinds
+
+
+def test_a_host_function_calling_back_into_its_plugin_is_refused(
+        plugins: Path, engine: WasmEngine, hosts: MakeHost) -> None:
+    """The rule lives in the call chain, not in plugin_call: an application's own host
+    function that calls the manager is held to it too."""
+    wasm(plugins, "a", [], resources={"max_instances": 4})
+    m = hosts()
+    seen: list[str] = []
+
+    def callback(ctx: HostContext, args: Any) -> Any:
+        try:
+            return m.call(args["plugin"], "count")
+        except CallCycle as exc:
+            seen.append(exc.message)
+            raise
+
+    m.host.register("callback", callback, permission=None)
+    load(m, plugins, engine, 1)
+    assert raw_call(m, "a", "callback", {"plugin": "a"}) is None
+    assert seen == ["cycle refused (a -> a): a plugin is entered at most once on one call "
+                    "path"]
+    assert m.call("a", "count") == 1
+
+
+def test_a_load_is_on_the_call_path_so_init_cannot_call_back_into_it(
+        plugins: Path, hosts: MakeHost) -> None:
+    """x's Init calls y, which loads lazily and whose Init calls x, still loading: refused
+    at once with the whole path (x's load lock is held by another thread, so without the
+    rule y's Init would wait until x's start timeout). A plugin whose Init calls itself is
+    the one-plugin case."""
+    back = call_args("x", "relay")
+    relay(plugins, "x", ["plugin.call"], resources={"start_timeout_ms": 20000},
+          config={"init_call": call_args("y", "relay")})
+    relay(plugins, "y", ["plugin.call"], config={"init_call": back})
+    relay(plugins, "selfish", ["plugin.call"],
+          config={"init_call": call_args("selfish", "relay")})
+    m = hosts()
+    loader = Loader(plugins, m, lazy=True)
+    loader.discover_all()
+    with pytest.raises(PluginLoadError) as caught:  # the first call gets the load's error
+        m.call("x", "relay", {"call": call_args("y", "relay")})
+    assert "cycle refused (x -> y -> x)" in caught.value.message
+    assert "cycle refused (x -> y -> x)" in str(loader.load_failure("y"))
+    with pytest.raises(PluginLoadError, match=r"cycle refused \(selfish -> selfish\)"):
+        m.call("selfish", "relay", {})
+    assert m.names() == []  # nothing half-loaded stays registered
 
 
 def test_plugin_call_to_a_disabled_unknown_or_failing_target_is_refused(

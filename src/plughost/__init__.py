@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 if TYPE_CHECKING:  # the same names, for type checkers (`X as X` re-exports them)
+    from .errors import CallCycle as CallCycle
     from .errors import HostCallError as HostCallError
     from .errors import ManifestError as ManifestError
     from .errors import PermissionDenied as PermissionDenied
@@ -79,6 +80,7 @@ _EXPORTS = {
     "Plugin": ".plugin",
     "PluginABIError": ".errors",
     "PluginCallError": ".errors",
+    "CallCycle": ".errors",
     "PluginDisabled": ".errors",
     "PluginInfo": ".manager",
     "PluginLoadError": ".errors",

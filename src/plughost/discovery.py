@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .errors import ManifestError, PlughostError, PluginLoadError
+from .errors import ManifestError, PlughostError, PluginLoadError, PluginNotFound
 from .inputs import MANIFEST_MAX_BYTES, MODULE_MAX_BYTES, check_regular, describe, read_regular
 from .manifest import MANIFEST_FILE, LoadedManifest, Manifest, is_valid_name, load_manifest
 from .plugin import Kind
@@ -174,3 +174,11 @@ def _mark_duplicates(found: list[Found]) -> list[Found]:
 def bare_manifest(name: str) -> Manifest:
     """The defaults a single `<name>.wasm` runs with (it has no plugin.yaml)."""
     return Manifest(name=name, runtime="wasm")
+
+
+def scan_single(path: Path, name: str) -> Found:
+    """Discovery of one file given by path (used by `load_wasm_from_path`)."""
+    if not path.is_file():
+        return Found(name, path, "wasm", error=PluginNotFound("no such file", plugin=name,
+                                                              path=path))
+    return single_file(path, name, "wasm")

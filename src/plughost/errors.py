@@ -65,6 +65,11 @@ class PluginUnavailable(PlughostError):
     """The plugin exists but cannot take calls right now (loading, crashed, shutting down)."""
 
 
+class CallCycle(PluginUnavailable):
+    """The plugin is already on this call path (a `plugin_call` cycle, a plugin calling
+    itself, or a call into a plugin while it loads): entering it again is refused."""
+
+
 class PluginDisabled(PluginUnavailable):
     """The plugin is loaded but disabled with `Manager.disable`."""
 

@@ -15,13 +15,14 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .discovery import Found, scan, single_file
+from .discovery import Found, scan, scan_single
 from .errors import (
     PlughostError,
     PluginLoadError,
     PluginNotFound,
     PluginUnavailable,
 )
+from .host import chain
 from .manager import Manager
 from .manifest import Manifest, load_manifest
 from .packaging import PackageLimits
@@ -61,15 +62,6 @@ class DiscoveredPlugin:
     warnings: tuple[str, ...] = field(default_factory=tuple)
 
 
-class _NameLock:
-    """A per-plugin lock that knows its owner, so a nested load of the same plugin from
-    inside its own load fails fast instead of deadlocking."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.owner: int | None = None
-
-
 class Loader:
     """Discovery and loading for one plugin directory (docs/architecture.md)."""
 
@@ -102,7 +94,9 @@ class Loader:
         self._all: list[Found] = []
         self._extra: dict[str, Found] = {}  # load_wasm_from_path: outside the tree
         self._lock = threading.Lock()
-        self._name_locks: dict[str, _NameLock] = {}
+        # One lock per name serialises its loads; a load never waits on its own lock,
+        # because a path that is loading a plugin cannot enter it again (host/chain.py).
+        self._name_locks: dict[str, threading.Lock] = {}
         self._watcher: Watcher | None = None
         # name -> (the last load failure, monotonic time); cleared by a successful load.
         self._failures: dict[str, tuple[PlughostError, float]] = {}
@@ -438,17 +432,9 @@ class Loader:
     @contextmanager
     def _name_lock(self, name: str) -> Iterator[None]:
         with self._lock:
-            nl = self._name_locks.setdefault(name, _NameLock())
-        me = threading.get_ident()
-        if nl.owner == me:
-            raise PluginUnavailable("is being loaded by this very call chain (a plugin "
-                                    "cannot call itself while it loads)", plugin=name)
-        with nl.lock:
-            nl.owner = me
-            try:
-                yield
-            finally:
-                nl.owner = None
+            lock = self._name_locks.setdefault(name, threading.Lock())
+        with lock:
+            yield
 
     def _failed(self, name: str, exc: PlughostError) -> None:
         with self._lock:
@@ -484,10 +470,14 @@ class Loader:
                 raise PluginLoadError(f"no runtime for kind {staged.source.kind!r} "
                                       f"(have: {', '.join(sorted(self.runtimes))})",
                                       plugin=name, path=found.path)
-            plugin = runtime.start(staged, StartContext(
+            context = StartContext(
                 host=self.manager.host, log=log, caller=self.manager,
                 on_event=lambda kind, detail: self.manager.emit(kind, name, detail),
-                verified=self.stager.require))
+                verified=self.stager.require)
+            # A load enters the plugin on the call path: its init calling back into
+            # itself (directly or round a cycle) is refused, not a wait on its own load.
+            with chain.entered(name, None):
+                plugin = runtime.start(staged, context)
         except Exception as exc:
             if not isinstance(exc, PlughostError):  # a bug of ours is still this plugin's
                 logger.exception("unexpected error loading %s", found.name)
@@ -513,11 +503,3 @@ def _renamed(found: Found, name: str) -> Found:
     if found.error is not None:
         found.error.plugin = name
     return replace(found, name=name)
-
-
-def scan_single(path: Path, name: str) -> Found:
-    """Discovery of one file given by path (used by `load_wasm_from_path`)."""
-    if not path.is_file():
-        return Found(name, path, "wasm", error=PluginNotFound("no such file", plugin=name,
-                                                              path=path))
-    return single_file(path, name, "wasm")

@@ -93,11 +93,11 @@ class _Entry:
             return self.cond.wait_for(lambda: self.inflight == 0, timeout)
 
 
-def _limit_of(plugin: Plugin, timeout: float | None) -> float | None:
-    own = getattr(plugin, "call_timeout", None)
-    if timeout is None:
-        return own if isinstance(own, float | int) else None
-    return min(timeout, own) if isinstance(own, float | int) else timeout
+def _limit_of(plugin: Plugin, timeout: float | None) -> float:
+    """The one place a call's budget is capped: the caller's timeout, never more than the
+    plugin's `call_timeout_ms` (the nested-call cap is `chain.entered`'s)."""
+    own = plugin.source.manifest.resources.call_timeout_ms / 1000
+    return own if timeout is None else min(timeout, own)
 
 
 def encode_args(args: Any, name: str = "", function: str = "") -> bytes:
@@ -290,6 +290,7 @@ class Manager:
     def call_raw(self, name: str, function: str, args: bytes, *,
                  timeout: float | None = None) -> bytes:
         """Call with JSON bytes in and out (no decoding)."""
+        chain.admit(name)  # before acquiring: a plugin on this path may be mid-load
         entry = self._acquire(name)
         try:
             # A nested call (plugin_call) inherits what is left of its caller's deadline.

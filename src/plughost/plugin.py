@@ -68,8 +68,9 @@ class Plugin(Protocol):
     def call(self, function: str, args: bytes, *, deadline: Deadline | None = None) -> bytes:
         """Run `function` with JSON `args`; return the JSON result (b"" for none).
 
-        `deadline` (made once per call by the manager) is honoured, and never extended
-        past the manifest's `call_timeout_ms`; without one the call gets that much.
+        `deadline` is made once per call by the manager, already capped by the
+        manifest's `call_timeout_ms`, and is honoured as given; a direct call without one
+        gets `call_timeout_ms`.
         Raises a `PluginCallError` subclass or `PluginUnavailable`.
         """
         ...

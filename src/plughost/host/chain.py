@@ -1,4 +1,12 @@
-"""The chain of plugins a call passes through, for `plugin_call` depth and cycle checks.
+"""The chain of plugins a call passes through, and the one re-entrancy rule.
+
+**A plugin is entered at most once on one call path.** A call (`Manager.call_raw`) and a
+load (the loader starting a version, whose init may call out) both enter the plugin on the
+current path; entering a plugin that is already on it is refused with `CallCycle` before
+anything of the target is touched. This one rule covers `plugin_call` cycles (a -> b -> a),
+a plugin calling itself (whose only instance is busy), and a plugin called while it loads
+(whose load lock this very path holds): each would otherwise deadlock until its deadline.
+`plugin_call`'s depth limit is that host function's own setting and stays with it.
 
 In-process (wasm) the chain is a context variable: a host call runs on the thread of the
 call that made it. Out-of-process (grpc) the host call arrives on another thread, so each
@@ -17,9 +25,10 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 
 from ..deadline import Deadline, within
+from ..errors import CallCycle
 from ..proto import CALL_ID_METADATA
 
-__all__ = ["CALL_ID_METADATA", "CallPath", "current", "entered", "lookup", "path",
+__all__ = ["CALL_ID_METADATA", "CallPath", "admit", "current", "entered", "lookup", "path",
            "remote_call", "using"]
 
 @dataclass(frozen=True)
@@ -50,10 +59,22 @@ def path() -> CallPath:
     return _path.get()
 
 
+def admit(name: str) -> None:
+    """The re-entrancy rule (module docstring): raise `CallCycle` if `name` is already on
+    the current path. `entered` applies it; a caller that must check before it acquires
+    the plugin (the manager, whose acquire may load it) calls it first."""
+    plugins = _path.get().plugins
+    if name in plugins:
+        raise CallCycle(f"cycle refused ({' -> '.join((*plugins, name))}): a plugin is "
+                        "entered at most once on one call path", plugin=name)
+
+
 @contextmanager
 def entered(name: str, timeout: float | None) -> Iterator[Deadline | None]:
     """Mark that the current path now runs inside plugin `name`, for at most `timeout`
-    seconds and never past the path's deadline. Yields this call's deadline."""
+    seconds and never past the path's deadline (None: the path's). Yields this call's
+    deadline. Refused with `CallCycle` if `name` is already on the path."""
+    admit(name)
     outer = _path.get()
     deadline = within(outer.deadline, timeout)
     token = _path.set(CallPath((*outer.plugins, name), deadline))

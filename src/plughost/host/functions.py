@@ -184,7 +184,8 @@ def make_backend_functions(api: HostAPI, settings: HostSettings | None = None
 
 
 def make_plugin_call(table: HostFunctions, max_depth: int) -> Callable[..., Any]:
-    """`plugin_call`: another plugin, through the manager, with depth and cycle checks."""
+    """`plugin_call`: another plugin, through the manager, with a depth limit (cycles are
+    the call chain's rule: the manager refuses them with `CallCycle`)."""
 
     def plugin_call(ctx: HostContext, args: Any) -> Any:
         a = _obj(ctx, args, "plugin_call", '{"plugin": "...", "function": "...", "args": ...}')
@@ -192,9 +193,6 @@ def make_plugin_call(table: HostFunctions, max_depth: int) -> Callable[..., Any]
         function = _str(ctx, a, "function", "plugin_call")
         call_path = chain.path()
         path = call_path.plugins or (ctx.plugin,)
-        if target in path:
-            raise HostCallError(f"plugin_call: cycle refused ({' -> '.join(path)} -> "
-                                f"{target})", plugin=ctx.plugin)
         if len(path) >= max_depth:
             raise HostCallError(f"plugin_call: call depth {len(path)} reaches the limit of "
                                 f"{max_depth} ({' -> '.join(path)})", plugin=ctx.plugin)

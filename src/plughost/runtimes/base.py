@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-from ..deadline import Deadline, within
+from ..deadline import Deadline
 from ..host import HostContext, PluginCaller, context_for
 from ..leftovers import remove
 from ..logs import PluginLog
@@ -51,9 +51,9 @@ class PluginBase:
         release_private_copy(self._source)
 
     def _deadline(self, deadline: Deadline | None) -> Deadline:
-        """The call's deadline (from the manager), never later than call_timeout_ms from
-        now; a direct call without one gets call_timeout_ms."""
-        return within(deadline, self.call_timeout) or Deadline.after(self.call_timeout)
+        """The call's deadline as the manager made it (already capped there); a direct
+        call without one gets call_timeout_ms."""
+        return deadline if deadline is not None else Deadline.after(self.call_timeout)
 
 
 def release_private_copy(source: PluginSource) -> None:

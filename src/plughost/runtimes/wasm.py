@@ -363,10 +363,8 @@ class WasmPlugin(PluginBase):
         self.stderr: Channel | None = engine.output.open(
             LineWriter(log, "stderr", logging.WARNING)) if writes else None
         res = source.manifest.resources
-        self._max = res.max_instances
         self._pool: Pool[_Instance] = Pool(res.max_instances, self._new_instance)
         self._closed = False
-        self._busy = threading.local()
         # The first instance proves the module works and tells us who it says it is.
         first = self._new_instance(loading=True)
         try:
@@ -386,13 +384,9 @@ class WasmPlugin(PluginBase):
 
     def call(self, function: str, args: bytes, *, deadline: Deadline | None = None) -> bytes:
         dl = self._deadline(deadline)
-        held: set[int] = getattr(self._busy, "held", None) or set()
-        if id(self) in held and self._max == 1:
-            raise PluginCallError("re-entrant call: the plugin's only instance is busy in "
-                                  "this very call chain", plugin=self.name, function=function)
+        # Re-entry (this plugin already on the call path) was refused by the call chain
+        # before this call got here (host/chain.py), so an instance wait cannot be on itself.
         inst = self._acquire(function, dl.at)
-        held.add(id(self))
-        self._busy.held = held
         healthy = False
         try:
             result = inst.call(function, args, dl.left())
@@ -406,7 +400,6 @@ class WasmPlugin(PluginBase):
         except Exception as exc:
             raise self._call_error(exc, inst, function, dl) from None
         finally:
-            held.discard(id(self))
             self._release(inst, healthy)
             if self.stdout is not None and self.stderr is not None:
                 self.stdout.drain()

@@ -149,6 +149,9 @@ class _Servicer(pb_grpc.PluginServicer):
         config = json.loads(request.config_json) if request.config_json else dict(
             request.config)
         self._p.config = config
+        # Init carries a call id too: host calls made from on_init belong to the load.
+        call_id = dict(context.invocation_metadata()).get(CALL_ID_METADATA)
+        _current_call.id = call_id if isinstance(call_id, str) else None
         for fn in self._p._on_init:
             fn(config)
         return pb.Empty()
