@@ -12,7 +12,7 @@ from plughost import (
     Event,
     Loader,
     Manager,
-    ManifestError,
+    NameChanged,
     PlughostError,
     PluginLoadError,
     PluginNotFound,
@@ -130,7 +130,7 @@ def test_broken_new_version_leaves_the_old_serving(
     cases: list[tuple[bytes, type[PlughostError]]] = [
         (b"\0asm garbage", PluginLoadError),
         (b"not wasm at all", PluginLoadError),
-        (wat_bytes(name="someone-else"), ManifestError),  # identity is not self-declared
+        (wat_bytes(name="someone-else"), NameChanged),  # a name does not change on reload
     ]
     for broken, error in cases:
         replace_file(path, broken)

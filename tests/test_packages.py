@@ -358,10 +358,6 @@ def _hostile(case: str, name: str, outside: Path) -> tuple[bytes, str]:
             at = data.rfind(sig)  # the last entry: secret.bin
             data[at + flag_at] |= 0x01
         return bytes(data), "corrupt"
-    if case == "names-another-plugin":
-        manifest = yaml.safe_dump({"name": "other", "version": "1.0.0", "runtime": "wasm"})
-        return zip_bytes([("plugin.yaml", manifest.encode()),
-                          ("other.wasm", wat_bytes(name="other"))]), "'other'"
     if case == "manifest-escapes":
         manifest = yaml.safe_dump({"name": name, "runtime": "wasm", "wasm": "../x.wasm"})
         return zip_bytes([("plugin.yaml", manifest.encode()), *e[1:]]), "wasm"
@@ -374,7 +370,7 @@ HOSTILE = ["zip-slip", "zip-slip-nested", "zip-slip-backslash", "absolute", "sym
            "symlink-escape-then-write", "device", "fifo", "bomb-total", "bomb-ratio",
            "bomb-many", "bomb-spread",
            "too-many-files", "truncated", "garbage", "crc", "duplicate", "duplicate-dot",
-           "encrypted-entry", "names-another-plugin", "manifest-escapes", "no-manifest"]
+           "encrypted-entry", "manifest-escapes", "no-manifest"]
 
 
 @pytest.mark.parametrize("case", HOSTILE)

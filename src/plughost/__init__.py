@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # the same names, for type checkers (`X as X` re-exports them
     from .errors import CallCycle as CallCycle
     from .errors import HostCallError as HostCallError
     from .errors import ManifestError as ManifestError
+    from .errors import NameChanged as NameChanged
     from .errors import PermissionDenied as PermissionDenied
     from .errors import PlughostError as PlughostError
     from .errors import PluginABIError as PluginABIError
@@ -75,6 +76,7 @@ _EXPORTS = {
     "Manager": ".manager",
     "Manifest": ".manifest",
     "ManifestError": ".errors",
+    "NameChanged": ".errors",
     "PermissionDenied": ".errors",
     "PlughostError": ".errors",
     "Plugin": ".plugin",

@@ -57,6 +57,11 @@ class PluginLoadError(PlughostError):
     """The plugin could not be loaded: bad module, missing export, failed init, ..."""
 
 
+class NameChanged(PluginLoadError):
+    """A reload's new version registers under another name: refused, the running version
+    keeps serving (a bare module is named by its registration, once)."""
+
+
 class SignatureError(PluginLoadError):
     """Signature verification is on and the plugin is unsigned, tampered or wrongly signed."""
 

@@ -15,7 +15,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .discovery import Found, scan, scan_single
+from .discovery import Found, bare_manifest, resolve, scan_single, walk
 from .errors import (
     PlughostError,
     PluginLoadError,
@@ -23,10 +23,12 @@ from .errors import (
     PluginUnavailable,
 )
 from .host import chain
+from .identity import Identities
+from .logs import PluginLog
 from .manager import Manager
 from .manifest import Manifest, load_manifest
 from .packaging import PackageLimits
-from .plugin import Kind, Plugin, Runtime, StartContext
+from .plugin import Identifying, Kind, Plugin, Runtime, Staged, StartContext
 from .reconcile import Action, plan
 from .runtimes.base import release_private_copy
 from .runtimes.grpc import GrpcRuntime
@@ -92,6 +94,9 @@ class Loader:
         self.stager = Stager(trusted_keys, require=require_signatures, limits=package_limits)
         self._found: dict[str, Found] = {}
         self._all: list[Found] = []
+        self._walked: list[Found] = []  # the last walk, before names and duplicates
+        #: the registered names of bare modules, learnt by asking them (identity.py)
+        self.identities = Identities()
         self._extra: dict[str, Found] = {}  # load_wasm_from_path: outside the tree
         self._lock = threading.Lock()
         # One lock per name serialises its loads; a load never waits on its own lock,
@@ -124,24 +129,82 @@ class Loader:
         """Rescan the directory; return how many plugins were found (broken ones too)."""
         if not self.plugin_dir.is_dir():
             raise PluginNotFound("plugin directory does not exist", path=self.plugin_dir)
-        results = scan(self.plugin_dir)
+        walked = walk(self.plugin_dir)
         with self._lock:
-            # A plugin whose manifest just broke keeps its name (the broken file cannot say
-            # it), so the version already serving is reported on, not taken for removed.
-            known = {f.path: f.name for f in self._all if f.error is None}
-            results = [_renamed(f, known[f.path]) if f.error is not None
-                       and known.get(f.path, f.name) != f.name else f for f in results]
-            self._all = results
-            found: dict[str, Found] = dict(self._extra)
-            for f in results:
-                found.setdefault(f.name, f)
-            self._found = found
+            self._walked = walked
+            results = self._derive()
         for f in results:
             if f.error is not None:
                 logger.warning("discovery: %s", f.error)
             for w in f.warnings:
                 self.manager.log_for(f.name).warning(f"plugin.yaml: {w}", source="host")
         return len(results)
+
+    def _derive(self) -> list[Found]:
+        """Discovery state from the last walk and the names learnt so far (lock held)."""
+        holders = {i.name: Path(i.path) for i in self.manager.list()}
+        results = resolve(self._walked, self.identities.names(), holders)
+        # A plugin whose manifest just broke keeps its name (the broken file cannot say
+        # it), so the version already serving is reported on, not taken for removed.
+        known = {f.path: f.name for f in self._all if f.error is None}
+        results = [_renamed(f, known[f.path]) if f.error is not None
+                   and known.get(f.path, f.name) != f.name else f for f in results]
+        # a bare module that could not be asked its name shows why (until it changes)
+        results = [replace(f, error=why) if f.provisional and f.error is None
+                   and (why := self.identities.failure(f.path)) is not None else f
+                   for f in results]
+        self._all = results
+        found: dict[str, Found] = dict(self._extra)
+        for f in results:
+            found.setdefault(f.name, f)
+        self._found = found
+        return results
+
+    def _identify(self, found: Found) -> Found:
+        """Ask a provisional bare module its name; returns its entry under that name (or
+        raises why it cannot be named or loaded, e.g. the name belongs to another plugin)."""
+        try:
+            staged = self.stager.stage(found)
+            name = self._registered_name(found, staged)
+        except Exception as exc:
+            if not isinstance(exc, PlughostError):  # a bug of ours: still this module's
+                logger.exception("unexpected error asking %s its name", found.path)
+                exc = PluginLoadError(f"unexpected error: {exc!r}", plugin=found.name,
+                                      path=found.path)
+            self._could_not_ask(found, exc)
+            raise exc from None
+        self.identities.learn(found.path, name)
+        with self._lock:
+            self._derive()
+            entry = next((f for f in self._all if f.path == found.path), None)
+        if entry is None:
+            raise PluginNotFound("disappeared while it was being named", plugin=found.name,
+                                 path=found.path)
+        if entry.error is not None:
+            raise entry.error
+        return entry
+
+    def _could_not_ask(self, found: Found, exc: PlughostError) -> None:
+        logger.warning("cannot ask %s its name: %s", found.path, exc)
+        self.identities.could_not_ask(found.path, exc)
+        with self._lock:
+            self._derive()
+            owner = self._found.get(found.name)
+        # In the stem's log and events only while no other plugin has that name.
+        if owner is not None and owner.path == found.path:
+            self.manager.log_for(found.name).error(f"load failed: {exc.message}",
+                                                   source="host")
+            self.manager.emit("error", found.name, str(exc))
+
+    def _registered_name(self, found: Found, staged: Staged) -> str:
+        runtime = self.runtimes.get("wasm")
+        if not isinstance(runtime, Identifying):
+            raise PluginLoadError("this loader's wasm runtime cannot name a bare module",
+                                  plugin=found.name, path=found.path)
+        # Started only to be asked its name: its host calls get nothing, as GoatFlow's
+        # get nothing during gk_register, and its output is not kept.
+        return runtime.identify(staged, StartContext(
+            host=self.manager.host, log=PluginLog(found.name), verified=self.stager.require))
 
     def _records(self) -> list[Found]:
         """The raw discovery records, one per name (for sync's before/after)."""
@@ -179,14 +242,29 @@ class Loader:
         return failure[0]
 
     def knows(self, name: str) -> bool:
+        """Is `name` discovered? A lazy loader asks the bare modules it has not asked yet
+        for their names first (a call by registered name finds its module)."""
         with self._lock:
-            return name in self._found
+            hit = self._found.get(name)
+            entries = list(self._all)
+        if hit is not None:
+            return True
+        if not self.lazy:
+            return False
+        for f in self.identities.pending(entries):
+            with suppress(PlughostError):  # its own error, recorded for it
+                if self._identify(f).name == name:
+                    return True
+        return False
 
     def forget(self, name: str) -> None:
         """Unload `name` if loaded and drop it from discovery (until the next rescan)."""
         if self.manager.get(name) is not None:
             self.unload(name)
         with self._lock:
+            paths = {f.path for f in self._all if f.name == name}
+            self.identities.forget(paths)
+            self._walked = [f for f in self._walked if f.path not in paths]
             self._found.pop(name, None)
             self._extra.pop(name, None)
             self._failures.pop(name, None)
@@ -202,6 +280,14 @@ class Loader:
         self.discover_all()
         with self._lock:
             entries = list(self._all)
+        if not self.lazy:
+            # Every bare module is asked its name first, so two that register one name are
+            # refused together, whichever of them the walk met first.
+            for f in self.identities.pending(entries, retry=True):
+                with suppress(PlughostError):  # its error is now in its entry
+                    self._identify(f)
+            with self._lock:
+                entries = list(self._all)
         errors: list[PlughostError] = [f.error for f in entries if f.error is not None]
         good = [f for f in entries if f.error is None]
         if self.lazy:
@@ -224,6 +310,11 @@ class Loader:
         exactly one instance."""
         if self.manager.get(name) is not None:
             return
+        found = self._lookup(name)
+        if found.provisional:  # a bare module not asked yet: it is loaded by its name
+            name = self._identify(found).name
+            if self.manager.get(name) is not None:
+                return
         with self._name_lock(name):
             if self.manager.get(name) is not None:
                 return
@@ -247,8 +338,12 @@ class Loader:
             raise PluginNotFound("is discovered but not loaded", plugin=name)
         with self._lock:
             failure = self._failures.get(name)
+            found = self._found.get(name)
         if failure is not None and time.monotonic() - failure[1] < LOAD_RETRY_AFTER:
             raise _unavailable(name, failure[0])
+        if found is not None and found.provisional and found.error is not None \
+                and not self.identities.outdated(found):
+            raise _unavailable(name, found.error)  # asked once; again when it changes
         self.ensure_loaded(name)
 
     def load_wasm(self, name: str) -> None:
@@ -454,6 +549,8 @@ class Loader:
             found = self._found.get(name)
         if found is None:
             raise PluginNotFound(f"not discovered in {self.plugin_dir}", plugin=name)
+        if found.provisional and self.identities.asked_and_failed(found):
+            return replace(found, error=None)  # an explicit load asks it again
         if found.error is not None:
             raise found.error
         return found
@@ -463,6 +560,8 @@ class Loader:
         log = self.manager.log_for(found.name)
         try:
             staged = self.stager.stage(found)
+            if found.bare:
+                staged = self._same_name(found, staged)
             name = staged.source.name
             runtime = self.runtimes.get(staged.source.kind)
             if runtime is None:
@@ -492,6 +591,28 @@ class Loader:
         if staged.note:
             log.warning(staged.note, source="host")
         return plugin
+
+
+    def _same_name(self, found: Found, staged: Staged) -> Staged:
+        """A bare module must still register as the name it is known by: a running one is
+        not renamed by a reload (`NameChanged`); one not loaded is known by its new name
+        from now on, and is refused if that name is another plugin's."""
+        name = self._registered_name(found, staged)
+        if name == found.name:
+            return staged
+        running = self.manager.get(found.name)
+        if running is not None and running.source.path == found.path:
+            release_private_copy(staged.source)
+            raise Identities.changed(found, name)
+        self.identities.learn(found.path, name)
+        with self._lock:
+            self._derive()
+            entry = next((f for f in self._all if f.path == found.path), None)
+        if entry is not None and entry.error is not None:
+            release_private_copy(staged.source)
+            raise entry.error
+        return replace(staged, source=replace(staged.source, name=name,
+                                              manifest=bare_manifest(name)))
 
 
 def _unavailable(name: str, cause: PlughostError) -> PluginUnavailable:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from .deadline import Deadline
 from .lifecycle import EventKind, PluginState
@@ -18,7 +18,7 @@ from .registration import Registration
 if TYPE_CHECKING:
     from .host import HostFunctions, PluginCaller
 
-Kind = Literal["wasm", "grpc"]
+Kind = Literal["wasm", "grpc", "template"]
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,15 @@ class StartContext:
     #: lifecycle events a runtime reports by itself (a gRPC crash, restart, open circuit)
     on_event: Callable[[EventKind, str], None] = _no_events
     verified: bool = False  # the bytes passed a signature check
+
+
+@runtime_checkable
+class Identifying(Protocol):
+    """A runtime that can start a file with no manifest (a bare `.wasm`), which is named by
+    its registration: `identify` says the name it registers with, before it is started
+    for real under that name."""
+
+    def identify(self, staged: Staged, context: StartContext) -> str: ...
 
 
 class Runtime(Protocol):

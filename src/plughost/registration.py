@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ManifestError
 from .inputs import REGISTRATION_MAX_BYTES
+from .manifest import NAME_PATTERN, is_valid_name
 
 
 class _Open(BaseModel):
@@ -80,12 +81,15 @@ class Registration(_Open):
     permissions: list[str] = Field(default_factory=list)
 
 
-def parse_registration(raw: bytes, *, expected_name: str, path: str | None = None
-                       ) -> Registration:
-    """Decode and validate registration JSON; its name must be `expected_name`."""
+def parse_registration(raw: bytes, *, expected_name: str | None, path: str | None = None,
+                       shown_name: str | None = None) -> Registration:
+    """Decode and validate registration JSON; its name must be `expected_name`, or, for a
+    module that is named by its registration (None), any valid plugin name. Errors name
+    the plugin `shown_name` (default: `expected_name`)."""
+    shown = shown_name or expected_name
 
     def fail(problem: str, field: str | None = None) -> ManifestError:
-        return ManifestError(f"registration {problem}", plugin=expected_name, path=path,
+        return ManifestError(f"registration {problem}", plugin=shown, path=path,
                              field=field)
 
     if len(raw) > REGISTRATION_MAX_BYTES:
@@ -108,7 +112,11 @@ def parse_registration(raw: bytes, *, expected_name: str, path: str | None = Non
         first = exc.errors()[0]
         loc = ".".join(str(x) for x in first["loc"])
         raise fail(f"field {loc}: {first['msg']}", field=loc) from None
-    if reg.name != expected_name:
+    if expected_name is None:
+        if not is_valid_name(reg.name):
+            raise fail(f"name {reg.name[:80]!r} is not a valid plugin name (must match "
+                       f"{NAME_PATTERN})", field="name")
+    elif reg.name != expected_name:
         raise fail(f"names the plugin {reg.name!r}, but it was discovered as "
                    f"{expected_name!r}; a plugin cannot choose its own identity", field="name")
     return reg

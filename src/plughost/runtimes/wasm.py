@@ -8,12 +8,14 @@ instance owns its `Store`. A store is never used by two threads at once.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import importlib.metadata
 import logging
 import math
 import platform
 import re
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -350,8 +352,10 @@ class WasmPlugin(PluginBase):
     kind: Kind = "wasm"
 
     def __init__(self, source: PluginSource, engine: WasmEngine, module: wasmtime.Module,
-                 host: HostFunctions, log: PluginLog, caller: PluginCaller | None = None
-                 ) -> None:
+                 host: HostFunctions, log: PluginLog, caller: PluginCaller | None = None,
+                 *, any_name: bool = False) -> None:
+        """`any_name`: accept whatever valid name the module registers (to learn the name
+        of a bare module); otherwise it must register as `source.name`."""
         super().__init__(source, log, caller)
         self.engine = engine
         self.module = module
@@ -371,8 +375,9 @@ class WasmPlugin(PluginBase):
             raw = first.register()
         except Exception as exc:
             raise self._load_error(exc, "gk_register") from exc
-        self._registration = parse_registration(raw, expected_name=source.name,
-                                                path=str(source.path))
+        self._registration = parse_registration(
+            raw, expected_name=None if any_name else source.name, path=str(source.path),
+            shown_name=source.name)
         self.host_context = self._context(self._registration)
         self._pool.add(first)
 
@@ -528,6 +533,33 @@ class WasmRuntime:
     def __init__(self, engine: WasmEngine, *, owns_engine: bool = False) -> None:
         self.engine = engine
         self._owns_engine = owns_engine  # close() closes it
+        self._names: dict[bytes, str] = {}  # module digest -> the name it registers
+        self._names_lock = threading.Lock()
+
+    def identify(self, staged: Staged, context: StartContext) -> str:
+        """The name a bare module registers with (`plugin.Identifying`): it is started
+        once, under the same limits as any start, asked `gk_register` and shut down.
+        Remembered by the module's digest, so each module is asked once."""
+        module = staged.module
+        if module is None:
+            raise PluginLoadError("no module bytes staged", plugin=staged.source.name)
+        digest = hashlib.sha256(module).digest()
+        with self._names_lock:
+            known = self._names.get(digest)
+        if known is not None:
+            return known
+        source = replace(staged.source, private_dir=None)  # the start's copy stays
+        compiled = compile_module(self.engine, module, name=source.name, path=source.entry,
+                                  verified=context.verified)
+        probe = WasmPlugin(source, self.engine, compiled, context.host, context.log,
+                           any_name=True)
+        try:
+            name = probe.registration.name
+        finally:
+            probe.shutdown()
+        with self._names_lock:
+            self._names[digest] = name
+        return name
 
     def start(self, staged: Staged, context: StartContext) -> WasmPlugin:
         module = staged.module
