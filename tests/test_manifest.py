@@ -215,18 +215,34 @@ def test_runtime_inferred_from_binary_key(tmp_path: Path) -> None:
     assert lm.entry == (pdir / "server").resolve()
 
 
-@pytest.mark.parametrize("content", [
-    "name: demo\nversion: 1.0.0\n",            # neither wasm nor binary
-    "wasm: demo.wasm\nbinary: demo.wasm\n",   # both: ambiguous
-])
-def test_missing_runtime_that_cannot_be_inferred_is_an_error(tmp_path: Path,
-                                                            content: str) -> None:
+def test_missing_runtime_that_cannot_be_inferred_is_an_error(tmp_path: Path) -> None:
     pdir = plugin_dir(tmp_path)
-    write_manifest(pdir, content)
+    write_manifest(pdir, "wasm: demo.wasm\nbinary: demo.wasm\n")  # both: ambiguous
     check_error(load_error(pdir), pdir, field="runtime", plugin="demo", says=("required",))
 
 
-@pytest.mark.parametrize("runtime", ["lua", "WASM", "native", "''"])
+@pytest.mark.parametrize(("files", "runtime"), [(("demo.wasm",), "wasm"), ((), "template"),
+                                                (("README.md",), "template")])
+@pytest.mark.parametrize("written", ["", "runtime: ''\n"])
+def test_no_runtime_and_no_code_key_is_wasm_with_a_module_else_a_template(
+        tmp_path: Path, files: tuple[str, ...], runtime: str, written: str) -> None:
+    """GoatFlow's packaging reads an empty runtime as `template` (assets, no code)."""
+    pdir = plugin_dir(tmp_path, files=files)
+    write_manifest(pdir, f"name: demo\nversion: 1.0.0\n{written}")
+    lm = load_manifest(pdir)
+    assert lm.manifest.runtime == runtime and lm.warnings == ()
+    assert lm.entry == (pdir / "demo.wasm" if runtime == "wasm" else pdir)
+
+
+@pytest.mark.parametrize("runtime", ["WASM", "Grpc", "TEMPLATE"])
+def test_runtime_is_read_in_any_case_as_goatflow_packs_it(tmp_path: Path,
+                                                          runtime: str) -> None:
+    pdir = plugin_dir(tmp_path, files=("demo.wasm", "demo"))
+    write_manifest(pdir, f"runtime: {runtime}\n")
+    assert load_manifest(pdir).manifest.runtime == runtime.lower()
+
+
+@pytest.mark.parametrize("runtime", ["lua", "native", "theme"])
 def test_unknown_runtime_is_an_error(tmp_path: Path, runtime: str) -> None:
     pdir = plugin_dir(tmp_path)
     write_manifest(pdir, f"runtime: {runtime}\n")
@@ -248,16 +264,15 @@ def test_invalid_names_are_errors(tmp_path: Path, bad: str) -> None:
     assert repr(bad) in exc.message
 
 
-def test_empty_name_is_an_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("content", ["name: ''\nruntime: wasm\n", "name: null\nruntime: wasm\n"])
+def test_an_empty_name_is_the_directory_name(tmp_path: Path, content: str) -> None:
+    """GoatFlow's loader falls back to the directory name for an empty `name`."""
     pdir = plugin_dir(tmp_path, "okdir")
-    write_manifest(pdir, "name: ''\nruntime: wasm\n")
-    # the error still names the plugin: by its directory
-    check_error(load_error(pdir), pdir, field="name", plugin="okdir",
-                says=("valid plugin name",))
+    write_manifest(pdir, content)
+    assert load_manifest(pdir).name == "okdir"
 
 
-@pytest.mark.parametrize("content", ["name: 5\nruntime: wasm\n", "name: null\nruntime: wasm\n",
-                                     "name: [a]\nruntime: wasm\n"])
+@pytest.mark.parametrize("content", ["name: 5\nruntime: wasm\n", "name: [a]\nruntime: wasm\n"])
 def test_non_string_name_is_an_error_reported_under_the_dir_name(tmp_path: Path,
                                                                  content: str) -> None:
     pdir = plugin_dir(tmp_path, "okdir")
@@ -516,8 +531,14 @@ def test_dangling_symlink_entry_is_an_error(tmp_path: Path, field: str) -> None:
     check_error(load_error(pdir), pdir, field=field, plugin="demo", says=("does not exist",))
 
 
-def test_missing_default_wasm_file_is_an_error(tmp_path: Path) -> None:
+def test_the_only_module_of_a_dir_is_its_default(tmp_path: Path) -> None:
     pdir = plugin_dir(tmp_path, files=("other.wasm",))
+    write_manifest(pdir, "runtime: wasm\n")
+    assert load_manifest(pdir).entry == pdir / "other.wasm"
+
+
+def test_missing_default_wasm_file_among_several_is_an_error(tmp_path: Path) -> None:
+    pdir = plugin_dir(tmp_path, files=("other.wasm", "third.wasm"))
     write_manifest(pdir, "runtime: wasm\n")
     check_error(load_error(pdir), pdir, field="wasm", plugin="demo",
                 says=("'demo.wasm'", "does not exist"))
@@ -534,13 +555,17 @@ def test_directory_where_a_file_is_expected_is_an_error(tmp_path: Path, field: s
 
 
 @pytest.mark.parametrize("binary", [None, ""])
-def test_grpc_without_binary_is_an_error(tmp_path: Path, binary: str | None) -> None:
+def test_grpc_binary_defaults_to_the_plugin_name(tmp_path: Path, binary: str | None) -> None:
+    """GoatFlow's default: the executable is named like the plugin."""
     pdir = plugin_dir(tmp_path, files=("demo", "demo.wasm"))
     data: dict[str, Any] = {"name": "demo", "runtime": "grpc"}
     if binary is not None:
         data["binary"] = binary
     write_manifest(pdir, data)
-    check_error(load_error(pdir), pdir, field="binary", plugin="demo", says=("required",))
+    assert load_manifest(pdir).entry == pdir / "demo"
+    (pdir / "demo").unlink()
+    check_error(load_error(pdir), pdir, field="binary", plugin="demo",
+                says=("'demo'", "does not exist"))
 
 
 def test_empty_wasm_path_is_an_error(tmp_path: Path) -> None:

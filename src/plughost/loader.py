@@ -34,6 +34,7 @@ from .runtimes.base import release_private_copy
 from .runtimes.grpc import GrpcRuntime
 from .runtimes.sandbox import Sandbox, SandboxMode
 from .runtimes.supervisor import RestartPolicy
+from .runtimes.template import TemplateRuntime
 from .runtimes.wasm import WasmEngine, WasmRuntime
 from .staging import Stager, TrustedKey
 from .watch import Watcher
@@ -89,6 +90,7 @@ class Loader:
         if "grpc" not in self.runtimes:
             self.runtimes["grpc"] = GrpcRuntime(
                 restart_policy, sandbox if isinstance(sandbox, Sandbox) else Sandbox(sandbox))
+        self.runtimes.setdefault("template", TemplateRuntime())
         # Verification is on with trusted keys (argument or PLUGHOST_TRUSTED_KEYS) or with
         # PLUGHOST_REQUIRE_SIGNATURES=1; then every load path refuses unsigned plugins.
         self.stager = Stager(trusted_keys, require=require_signatures, limits=package_limits)

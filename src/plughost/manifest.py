@@ -3,18 +3,26 @@
 
 Errors name the file, the field and the problem. Unknown keys are kept and reported as
 warnings, so a manifest written for a newer plughost still loads on this one.
+
+GoatFlow's manifest schema is read natively: every GoatFlow key is known (no warning), its
+Go duration strings (`call_timeout: 5s`) are the same settings as plughost's millisecond
+keys (`call_timeout_ms`), `resources.permissions` holds GoatFlow's `{type, access, scope}`
+objects, and the `template` runtime is a plugin with templates and no code. plughost's own
+keys are extensions (docs/plugin-authors.md lists which are which).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .durations import parse_go_duration
 from .errors import ManifestError
 from .inputs import MANIFEST_MAX_BYTES, check_regular, describe, read_regular
 from .yaml_input import compose, load_yaml
@@ -39,12 +47,56 @@ class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="allow", frozen=True)
 
 
+class Permission(_Strict):
+    """GoatFlow's permission object: a host-function family, an access level, a scope."""
+
+    type: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
+    access: str = ""  # "", "read", "write", "readwrite", "hard_delete"
+    scope: list[str] = Field(default_factory=list)
+
+
+#: GoatFlow's Go-duration keys and the plughost millisecond keys they set.
+_DURATIONS = {"call_timeout": "call_timeout_ms", "init_timeout": "start_timeout_ms",
+              "shutdown_timeout": "shutdown_timeout_ms"}
+
+
 class Resources(_Strict):
     memory_mb: int = Field(64, ge=1, le=4096)
     call_timeout_ms: int = Field(30_000, ge=1, le=3_600_000)
     max_instances: int = Field(1, ge=1, le=256)
+    #: a gRPC plugin's start, handshake to Init (GoatFlow's `init_timeout`)
     start_timeout_ms: int = Field(10_000, ge=1, le=600_000)
     shutdown_timeout_ms: int = Field(5_000, ge=0, le=600_000)
+    #: GoatFlow's permission objects (the flat `permissions:` list is plughost's shorthand)
+    permissions: list[Permission] = Field(default_factory=list)
+    #: the file-storage quota; 0: the default (500 MiB)
+    max_file_storage_bytes: int = Field(0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _go_durations(cls, data: Any) -> Any:
+        """`call_timeout: 5s` is `call_timeout_ms: 5000`; both at once is an error. A zero
+        duration is Go's "not set": the default applies."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for go_key, ms_key in _DURATIONS.items():
+            if go_key not in data:
+                continue
+            if ms_key in data:
+                raise ValueError(f"give {go_key} or {ms_key}, not both")
+            raw = data.pop(go_key)
+            if isinstance(raw, int | float) and not isinstance(raw, bool):
+                raw = str(raw)  # YAML's 5 is Go's "5": a duration without its unit
+            try:
+                seconds = parse_go_duration(raw)
+            except ValueError as exc:
+                raise ValueError(f"{go_key}: {exc}") from None
+            if seconds < 0:
+                raise ValueError(f"{go_key}: {raw!r} is negative")
+            if seconds > 0:
+                data[ms_key] = max(1, math.ceil(round(seconds * 1000, 6)))
+        return data
 
 
 class Handshake(_Strict):
@@ -65,13 +117,18 @@ class SandboxSettings(_Strict):
 class Manifest(_Strict):
     name: str
     version: str = "0.0.0"
-    runtime: Literal["wasm", "grpc"]
+    runtime: Literal["wasm", "grpc", "template"]
     binary: str | None = None
     wasm: str | None = None
     description: str = ""
     author: str = ""
     license: str = ""
     homepage: str = ""
+    # GoatFlow's informational and marketplace keys (kept, not acted on by the loader)
+    icon: str = ""
+    dependencies: list[str] = Field(default_factory=list)
+    type: Literal["plugin", "theme"] = "plugin"
+    sidecars: list[dict[str, Any]] = Field(default_factory=list)
     permissions: list[str] = Field(default_factory=list)
     config: dict[str, Any] = Field(default_factory=dict)
     resources: Resources = Field(default_factory=Resources)
@@ -177,13 +234,20 @@ def parse_manifest(data: Any, *, plugin_dir: Path, manifest_path: Path) -> Loade
             plugin=default_name, path=manifest_path,
         )
     data = dict(data)
-    data.setdefault("name", default_name)
-    if "runtime" not in data:
-        # Unambiguous manifests need not repeat what their keys already say.
+    if data.get("name") in (None, ""):  # GoatFlow: an empty name is the directory's
+        data["name"] = default_name
+    if isinstance(data.get("runtime"), str):
+        data["runtime"] = data["runtime"].lower()  # as GoatFlow's packaging reads it
+    if data.get("runtime") in (None, ""):
+        # Unambiguous manifests need not repeat what their keys already say; with neither
+        # key, a directory with a module is wasm and one without code is a template
+        # (GoatFlow's packaging: an empty runtime is `template`).
         if "wasm" in data and "binary" not in data:
             data["runtime"] = "wasm"
         elif "binary" in data and "wasm" not in data:
             data["runtime"] = "grpc"
+        elif "wasm" not in data and "binary" not in data:
+            data["runtime"] = "wasm" if _modules(plugin_dir) else "template"
     # errors name the plugin by its declared name, or by its dir when that is empty
     plugin = data["name"] if isinstance(data["name"], str) and data["name"] else default_name
     try:
@@ -196,17 +260,18 @@ def parse_manifest(data: Any, *, plugin_dir: Path, manifest_path: Path) -> Loade
         raise ManifestError(msg + more, plugin=plugin, path=manifest_path, field=loc) from None
 
     warnings = [f"unknown key {k!r} ignored" for k in _unknown_keys(m)]
+    if m.runtime == "template":  # templates and assets, no code: the entry is the dir
+        return LoadedManifest(m, manifest_path, plugin_dir, plugin_dir, tuple(warnings))
     if m.runtime == "wasm":
         if m.binary is not None:
             warnings.append("'binary' is ignored for a wasm plugin")
-        rel, field_name = (m.wasm if m.wasm is not None else f"{m.name}.wasm"), "wasm"
+        rel, field_name = (m.wasm if m.wasm is not None
+                           else _default_module(plugin_dir, m.name)), "wasm"
     else:
         if m.wasm is not None:
             warnings.append("'wasm' is ignored for a grpc plugin")
-        if not m.binary:
-            raise ManifestError("is required for a grpc plugin", plugin=m.name,
-                                path=manifest_path, field="binary")
-        rel, field_name = m.binary, "binary"
+        # GoatFlow's default: the executable is named like the plugin
+        rel, field_name = (m.binary or m.name), "binary"
     entry = resolve_inside(plugin_dir, rel, field_name=field_name,
                            manifest_path=manifest_path, plugin=m.name)
     try:
@@ -218,6 +283,24 @@ def parse_manifest(data: Any, *, plugin_dir: Path, manifest_path: Path) -> Loade
         raise ManifestError(f"{rel[:80]!r} {describe(exc)}", plugin=m.name,
                             path=manifest_path, field=field_name) from None
     return LoadedManifest(m, manifest_path, plugin_dir, entry, tuple(warnings))
+
+
+def _modules(plugin_dir: Path) -> list[str]:
+    """The `.wasm` files at the top of a plugin dir, sorted."""
+    try:
+        return sorted(e.name for e in plugin_dir.iterdir()
+                      if e.name.lower().endswith(".wasm") and not e.name.startswith("."))
+    except OSError:
+        return []
+
+
+def _default_module(plugin_dir: Path, name: str) -> str:
+    """`<name>.wasm`, else the dir's only `.wasm` (GoatFlow packs whatever it finds)."""
+    wanted = f"{name}.wasm"
+    if (plugin_dir / wanted).exists():
+        return wanted
+    found = _modules(plugin_dir)
+    return found[0] if len(found) == 1 else wanted
 
 
 def _keep_version_text(text: str, data: Any) -> None:
