@@ -172,6 +172,26 @@ def _export(exports: Any, name: str, kind: type[_T]) -> _T:
     return item
 
 
+def _start_up(store: wasmtime.Store, exports: Any) -> None:
+    """A reactor's `_initialize`, or else a command's `_start`, run once per instance.
+
+    GoatFlow's official build (TinyGo `-target wasi`) is a command: its runtime runs
+    `_start` at instantiation and then calls the exports. A normal return or
+    `proc_exit(0)` is success; any other exit code fails the start."""
+    init = exports.get("_initialize")
+    if isinstance(init, wasmtime.Func):
+        init(store)
+        return
+    start = exports.get("_start")
+    if not isinstance(start, wasmtime.Func):
+        return
+    try:
+        start(store)
+    except wasmtime.ExitTrap as exc:
+        if exc.code != 0:
+            raise _ABIViolation(f"_start exited with code {exc.code}") from None
+
+
 class _Instance:
     """One instance of the module in its own store; not thread-safe (the pool hands it to
     one caller at a time)."""
@@ -201,10 +221,9 @@ class _Instance:
             self.gk_call = _export(exports, "gk_call", wasmtime.Func)
             self.gk_malloc = _export(exports, "gk_malloc", wasmtime.Func)
             self.gk_register = _export(exports, "gk_register", wasmtime.Func)
-            free, init = exports.get("gk_free"), exports.get("_initialize")
+            free = exports.get("gk_free")
             self.gk_free = free if isinstance(free, wasmtime.Func) else None
-            if isinstance(init, wasmtime.Func):
-                init(self.store)
+            _start_up(self.store, exports)
         self._check_abi()
 
     # -- imports (run inside wasm calls, on the calling thread) --------------------------

@@ -21,6 +21,7 @@ REQUIRED_EXPORTS: dict[str, tuple[list[str], list[str]]] = {
 OPTIONAL_EXPORTS: dict[str, tuple[list[str], list[str]]] = {
     "gk_free": ([I32], []),
     "_initialize": ([], []),
+    "_start": ([], []),
 }
 HOST_IMPORTS: dict[str, tuple[list[str], list[str]]] = {
     "host_call": ([I32, I32, I32, I32], [I64]),
