@@ -20,6 +20,7 @@ from .errors import PlughostError
 from .listing import BROKEN, plugin_rows
 from .loader import Loader
 from .manager import Manager
+from .manifest import MANIFEST_FILE, load_manifest
 from .packaging import pack
 from .scaffold import create as create_scaffold
 from .signing import (
@@ -181,11 +182,14 @@ def verify(path: Annotated[Path, typer.Argument(help="A .wasm/.zip file or a plu
     """Exit 0 if PATH is signed by a trusted key; non-zero with the reason otherwise."""
     try:
         keys = load_trusted_keys(trusted)
-        index = verify_path(path, keys)
+        entry = None
+        if path.is_dir() and (path / MANIFEST_FILE).exists():
+            entry = load_manifest(path).entry
+        index, covers = verify_path(path, keys, entry=entry)
     except (OSError, PlughostError) as exc:
         raise _fail(f"{path}: {exc.message if isinstance(exc, PlughostError) else exc}") \
             from None
-    print(f"{path}: valid signature (trusted key #{index + 1})")
+    print(f"{path}: valid signature (trusted key #{index + 1}); {covers}")
 
 
 @app.command("pack")

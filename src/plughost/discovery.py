@@ -160,8 +160,11 @@ def _package(path: Path, name: str) -> Found:
                 raise ValueError("plugin.yaml is too large")
         data = load_yaml(text.decode("utf-8"), plugin=name, path=path)
         declared = data.get("name") if isinstance(data, dict) else None
+        folder = info.filename.rsplit("/", 2)[-2] if "/" in info.filename else ""
         if isinstance(declared, str) and declared:
             found = replace(found, name=declared)
+        elif folder:  # no name: the manifest's folder names it, as for a plugin dir
+            found = replace(found, name=folder)
         runtime = data.get("runtime") if isinstance(data, dict) else None
         if runtime is None and isinstance(data, dict) and "binary" in data:
             runtime = "grpc"

@@ -27,8 +27,11 @@ _CHUNK = 64 * 1024
 
 @dataclass(frozen=True)
 class PackageLimits:
-    max_total_bytes: int = 256 * 1024 * 1024
-    max_files: int = 10_000
+    """Caps on a package; each default is GoatFlow's where GoatFlow's is stricter."""
+
+    max_total_bytes: int = 256 * 1024 * 1024  # GoatFlow: 500 MiB
+    max_entry_bytes: int = 100 * 1024 * 1024  # GoatFlow's
+    max_files: int = 1000  # GoatFlow's (entries)
     max_ratio: float = 200.0  # uncompressed / compressed, per entry and overall
 
 
@@ -69,7 +72,9 @@ def _check_name(name: str) -> str:
 
 def extract(data: bytes, dest: Path, *, plugin: str, source: Path,
             limits: PackageLimits | None = None) -> Path:
-    """Unpack the archive `data` into `dest` (created, must not exist); returns `dest`.
+    """Unpack the archive `data` into `dest` (created, must not exist); returns the
+    directory holding its plugin.yaml: `dest`, or the folder of the first plugin.yaml entry
+    (GoatFlow packs a plugin under one top folder).
 
     Raises PluginLoadError naming the plugin, the archive and the offending entry.
     """
@@ -101,7 +106,7 @@ def extract(data: bytes, dest: Path, *, plugin: str, source: Path,
             if norm in seen:
                 raise refuse(f"entry {info.filename!r} appears twice")
             seen.add(norm)
-            if info.file_size > limits.max_total_bytes:
+            if info.file_size > min(limits.max_total_bytes, limits.max_entry_bytes):
                 raise refuse(f"entry {info.filename!r} declares {info.file_size} bytes")
         total = 0
         compressed = sum(i.compress_size for i in infos) or 1
@@ -143,9 +148,14 @@ def extract(data: bytes, dest: Path, *, plugin: str, source: Path,
             except Exception as exc:  # corrupt deflate (zlib.error), encrypted, unknown
                 raise refuse(f"entry {info.filename!r} is corrupt or unreadable "
                              f"({type(exc).__name__}: {exc})") from None
+            if written != info.file_size:
+                raise refuse(f"entry {info.filename!r} holds {written} bytes, not the "
+                             f"{info.file_size} it declares")
         if total > 1024 * 1024 and total > limits.max_ratio * compressed:
             raise refuse(f"expands more than {limits.max_ratio:.0f}x overall (zip bomb?)")
-        return dest
+        manifests = [i.filename for i in infos if not i.is_dir()
+                     and PurePosixPath(i.filename).name == "plugin.yaml"]
+        return dest / PurePosixPath(manifests[0]).parent if manifests else dest
     except PluginLoadError:
         shutil.rmtree(dest, ignore_errors=True)
         raise

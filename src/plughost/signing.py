@@ -2,6 +2,9 @@
 
 - A single file `x.wasm` is signed by `x.wasm.sig`: the 64-byte signature, hex, over the
   SHA-256 digest of the file (GoatFlow's format).
+- A directory may instead carry GoatFlow's per-binary sidecar, `<binary>.sig` or
+  `<module>.wasm.sig` next to its executable or module: it covers that one file only.
+  `plugin.sig` is the stronger format and wins when both are there.
 - A directory is signed by `plugin.sig`, the same way, over the SHA-256 digest of its
   canonical file list: one line `<sha256 hex>  <relative/path>\\n` per regular file (every
   file but plugin.sig itself, hidden ones included), sorted by path. An added, removed or
@@ -88,10 +91,21 @@ def load_trusted_keys(items: Iterable[str | os.PathLike[str] | bytes | Ed25519Pu
         else:
             path = Path(item)
             try:
-                text = path.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
+                data = path.read_bytes()
+            except OSError as exc:
                 raise SignatureError(f"cannot read trusted key file: {exc}",
                                      path=path) from None
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                text = None
+            if len(data) == 32 and (text is None or _decode_key_text(text) is None):
+                # a raw 32-byte key, as GoatFlow's loader takes them
+                keys.append(Ed25519PublicKey.from_public_bytes(data))
+                continue
+            if text is None:
+                raise SignatureError("trusted key file is neither text keys nor one raw "
+                                     "32-byte key", path=path)
             keys.extend(parse_public_keys(text, source=str(path)))
     return keys
 
@@ -227,14 +241,38 @@ def sign_path(path: Path, key: Ed25519PrivateKey) -> Path:
     return out
 
 
-def verify_path(path: Path, keys: list[Ed25519PublicKey], *, plugin: str | None = None
-                ) -> int:
-    """Verify a file or directory on disk (the `verify` command); returns the key index."""
+def directory_signature(directory: Path, entry: Path | None) -> tuple[Path, bool] | None:
+    """The signature file a plugin dir carries and whether it covers the whole directory:
+    `plugin.sig` (everything), else the entry's GoatFlow sidecar (that file only)."""
+    if (directory / DIR_SIGNATURE).exists():
+        return directory / DIR_SIGNATURE, True
+    if entry is not None and sidecar(entry).exists():
+        return sidecar(entry), False
+    return None
+
+
+def coverage(path: Path, sig_path: Path, whole: bool) -> str:
+    """What a signature vouches for, in words (for `plughost verify` and the logs)."""
+    if not path.is_dir():
+        return f"{sig_path.name} covers {path.name}"
+    if whole:
+        return f"{sig_path.name} covers every file of the directory, plugin.yaml included"
+    return (f"{sig_path.name} covers {sig_path.name.removesuffix(SIG_SUFFIX)} only, not "
+            f"plugin.yaml or the other files (sign the directory for {DIR_SIGNATURE})")
+
+
+def verify_path(path: Path, keys: list[Ed25519PublicKey], *, plugin: str | None = None,
+                entry: Path | None = None) -> tuple[int, str]:
+    """Verify a file or directory on disk (the `verify` command); returns the key index
+    and what the signature covers. `entry`: a directory's executable or module."""
     if path.is_dir():
-        sig_path = path / DIR_SIGNATURE
-        digest = list_directory(path).digest
+        found = directory_signature(path, entry)
+        sig_path, whole = found if found is not None else (path / DIR_SIGNATURE, True)
+        digest = list_directory(path).digest if whole else file_digest(
+            read_regular(sig_path.with_name(sig_path.name.removesuffix(SIG_SUFFIX)),
+                         MODULE_MAX_BYTES))
     else:
-        sig_path = sidecar(path)
+        sig_path, whole = sidecar(path), True
         digest = file_digest(read_regular(path, MODULE_MAX_BYTES))
     try:
         sig_text = read_regular(sig_path, SIGNATURE_MAX_BYTES)
@@ -242,4 +280,5 @@ def verify_path(path: Path, keys: list[Ed25519PublicKey], *, plugin: str | None 
         raise SignatureError(f"unsigned: {sig_path.name} not found", plugin=plugin,
                              path=path) from None
     sig = parse_signature(sig_text, path=sig_path, plugin=plugin)
-    return verify_digest(digest, sig, keys, plugin=plugin, path=path)
+    return (verify_digest(digest, sig, keys, plugin=plugin, path=path),
+            coverage(path, sig_path, whole))

@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Iterable
+from contextlib import suppress
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,6 +34,8 @@ from .plugin import PluginSource, Staged
 from .signing import (
     DIR_SIGNATURE,
     DirectoryListing,
+    coverage,
+    directory_signature,
     file_digest,
     list_directory,
     load_trusted_keys,
@@ -54,7 +57,10 @@ class Stager:
         keys += [p for p in env_keys.split(os.pathsep) if p]
         self.keys: list[Ed25519PublicKey] = load_trusted_keys(keys)
         if require is None:
-            require = bool(self.keys) or os.environ.get("PLUGHOST_REQUIRE_SIGNATURES") == "1"
+            # GoatFlow's variable too, exactly "1" as GoatFlow reads it
+            require = bool(self.keys) or "1" in (
+                os.environ.get("PLUGHOST_REQUIRE_SIGNATURES"),
+                os.environ.get("GOATFLOW_REQUIRE_SIGNATURES"))
         self.require = require
         self.limits = limits or PackageLimits()
         self._root: Path | None = None
@@ -115,11 +121,11 @@ class Stager:
                     raise SignatureError(f"cannot make a private copy to verify: {exc}",
                                          plugin=found.name, path=found.path) from None
                 run_dir.chmod(0o700)
-                listing = self._check_directory(found.name, run_dir, found.path)
+                listing, note = self._check_directory(found.name, run_dir, found.path)
             except BaseException:
                 remove(private)
                 raise
-            return self._from_directory(found, run_dir, private, listing)
+            return replace(self._from_directory(found, run_dir, private, listing), note=note)
         return self._from_directory(found, run_dir, private)
 
     def _stage_package(self, found: Found) -> Staged:
@@ -132,11 +138,12 @@ class Stager:
         private = self._private(found.name, hashlib.sha256(data).hexdigest())
         dest = private / found.name  # a manifest without `name:` defaults to its dir name
         try:
-            extract(data, dest, plugin=found.name, source=found.path, limits=self.limits)
-            listing = None
+            root = extract(data, dest, plugin=found.name, source=found.path,
+                           limits=self.limits)
+            listing, note = None, None
             if self.require and not verified:
-                listing = self._check_directory(found.name, dest, found.path)
-            return self._from_directory(found, dest, private, listing)
+                listing, note = self._check_directory(found.name, root, found.path)
+            return replace(self._from_directory(found, root, private, listing), note=note)
         except BaseException:
             remove(private)
             raise
@@ -183,19 +190,39 @@ class Stager:
                                  "required", plugin=found.name, path=found.path) from None
         self._verify(found.name, found.path, file_digest(data), text, sig_file)
 
-    def _check_directory(self, name: str, directory: Path, shown: Path) -> DirectoryListing:
-        sig_path = directory / DIR_SIGNATURE
+    def _check_directory(self, name: str, directory: Path, shown: Path
+                         ) -> tuple[DirectoryListing, str | None]:
+        """Verify a private copy by its `plugin.sig`, else by its entry's GoatFlow sidecar
+        (which vouches for the executable or module only: said in the plugin's log)."""
+        entry = None
+        if not (directory / DIR_SIGNATURE).exists():
+            with suppress(ManifestError):  # a broken manifest is reported when staged
+                entry = load_manifest(directory).entry
+        found = directory_signature(directory, entry)
+        if found is None:
+            raise SignatureError(f"unsigned: {DIR_SIGNATURE} not found and signatures are "
+                                 "required", plugin=name, path=shown)
+        sig_path, whole = found
         try:
             text = _read_signature(sig_path, name, shown)
-        except FileNotFoundError:
-            raise SignatureError(f"unsigned: {DIR_SIGNATURE} not found and signatures are "
-                                 "required", plugin=name, path=shown) from None
-        try:
             listing = list_directory(directory)
+        except FileNotFoundError:  # removed between the two looks
+            raise SignatureError(f"unsigned: {sig_path.name} not found and signatures are "
+                                 "required", plugin=name, path=shown) from None
         except SignatureError as exc:
             raise SignatureError(exc.message, plugin=name, path=shown) from None
-        self._verify(name, shown, listing.digest, text, shown / DIR_SIGNATURE)
-        return listing
+        if whole:
+            digest = listing.digest
+        else:
+            assert entry is not None
+            rel = os.path.relpath(entry, directory).replace(os.sep, "/")
+            data = listing.files.get(rel)
+            if data is None:
+                raise SignatureError(f"{rel} is not a regular file of the plugin", plugin=name,
+                                     path=shown)
+            digest = file_digest(data)
+        self._verify(name, shown, digest, text, shown / sig_path.name)
+        return listing, None if whole else f"verified: {coverage(shown, sig_path, whole)}"
 
     def _verify(self, name: str, path: Path, digest: bytes, sig_text: bytes,
                 sig_path: Path) -> None:
