@@ -10,11 +10,13 @@ result by counting those lines.
 
 from __future__ import annotations
 
+import datetime
 import http.server
 import json
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,7 @@ import yaml
 
 from plughost import CallCycle, Loader, Manager, PluginCallError, PluginLoadError, PluginTimeout
 from plughost.host import HostContext, HostSettings
+from plughost.host.functions import go_rfc3339_nano
 from plughost.host.mail import SMTPSettings
 from plughost.manifest import PERMISSIONS
 from plughost.runtimes.wasm import WasmEngine
@@ -1072,3 +1075,41 @@ def test_plugin_call_inherits_the_callers_deadline(plugins: Path, engine: WasmEn
         assert budget <= 300
     finally:
         m.close()
+
+
+# -- time_now (GoatFlow's) -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("ns", "offset", "text"), [
+    (0, 0, "1970-01-01T00:00:00Z"),
+    (1_500_000_000, 0, "1970-01-01T00:00:01.5Z"),
+    (123, 3600, "1970-01-01T01:00:00.000000123+01:00"),
+    (1_764_806_400_000_000_010, -(5 * 3600 + 30 * 60), "2025-12-03T18:30:00.00000001-05:30"),
+])
+def test_go_rfc3339_nano_is_formatted_as_go_formats_it(ns: int, offset: int, text: str
+                                                       ) -> None:
+    assert go_rfc3339_nano(ns, offset) == text
+
+
+def _go_time_ns(text: str) -> int:
+    m = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)",
+                     text)
+    assert m is not None, text
+    zone = "+00:00" if m[3] == "Z" else m[3]
+    whole = datetime.datetime.fromisoformat(m[1] + zone)
+    return int(whole.timestamp()) * 1_000_000_000 + int((m[2] or "0").ljust(9, "0"))
+
+
+def test_time_now_in_both_runtimes_needs_no_permission(plugins: Path, engine: WasmEngine,
+                                                       hosts: MakeHost) -> None:
+    wasm(plugins, "a", [])
+    relay(plugins, "relay", [])
+    m = hosts()
+    load(m, plugins, engine, 2)
+    before = time.time_ns()
+    from_wasm = ok(m, "a", "time_now", "")
+    from_grpc = m.call("relay", "host", {"function": "time_now"})
+    after = time.time_ns()
+    assert set(from_wasm) == {"now"} and set(from_grpc) == {"result"}
+    for text in (from_wasm["now"], from_grpc["result"]["now"]):
+        assert before <= _go_time_ns(text) <= after

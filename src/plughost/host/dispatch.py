@@ -136,6 +136,7 @@ def default_host_functions(api: HostAPI | None = None,
     table.register("log", f.log, permission="log")
     table.register("config_get", f.config_get, permission="config")
     table.register("translate", f.translate, permission=None)
+    table.register("time_now", f.time_now, permission=None)
     for name, (permission, handler) in f.make_backend_functions(backend, resolved).items():
         table.register(name, handler, permission=permission)
     table.register("plugin_call", f.make_plugin_call(table, depth), permission="plugin.call")

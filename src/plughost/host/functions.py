@@ -7,9 +7,11 @@ and calls a `HostAPI` backend. Permissions are checked before a handler runs (di
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import re
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +71,30 @@ def log(ctx: HostContext, args: Any) -> None:
 def config_get(ctx: HostContext, args: Any) -> Any:
     a = _obj(ctx, args, "config_get", '{"key": "..."}')
     return ctx.config.get(_str(ctx, a, "key", "config_get"))
+
+
+def go_rfc3339_nano(ns: int, offset_seconds: int) -> str:
+    """Go's `time.RFC3339Nano` of a Unix time in nanoseconds at a UTC offset: nanosecond
+    fraction with trailing zeros dropped (none when zero), `Z` for UTC, else `+hh:mm`."""
+    secs, frac = divmod(ns, 1_000_000_000)
+    tz = datetime.timezone(datetime.timedelta(seconds=offset_seconds))
+    stamp = datetime.datetime.fromtimestamp(secs, tz).strftime("%Y-%m-%dT%H:%M:%S")
+    fraction = f".{frac:09d}".rstrip("0") if frac else ""
+    if offset_seconds == 0:
+        zone = "Z"
+    else:
+        sign = "+" if offset_seconds > 0 else "-"
+        hours, minutes = divmod(abs(offset_seconds) // 60, 60)
+        zone = f"{sign}{hours:02d}:{minutes:02d}"
+    return f"{stamp}{fraction}{zone}"
+
+
+def time_now(ctx: HostContext, args: Any) -> dict[str, str]:
+    """GoatFlow's `time_now`: the host's local time, `{"now": RFC 3339 with nanoseconds and
+    offset}` as Go formats it. Arguments are ignored; no permission is needed."""
+    ns = time.time_ns()
+    offset = datetime.datetime.fromtimestamp(ns // 1_000_000_000).astimezone().utcoffset()
+    return {"now": go_rfc3339_nano(ns, int(offset.total_seconds()) if offset else 0)}
 
 
 def translate(ctx: HostContext, args: Any) -> str:
