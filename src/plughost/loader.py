@@ -175,14 +175,20 @@ class Loader:
                                       path=found.path)
             self._could_not_ask(found, exc)
             raise exc from None
+        entry = self._named(found, name)
+        if entry is None:
+            raise PluginNotFound("disappeared while it was being named", plugin=found.name,
+                                 path=found.path)
+        return entry
+
+    def _named(self, found: Found, name: str) -> Found | None:
+        """Learn that the module at `found.path` registers as `name`; its entry under that
+        name (None if it is gone), or raise why that name is not its to have."""
         self.identities.learn(found.path, name)
         with self._lock:
             self._derive()
             entry = next((f for f in self._all if f.path == found.path), None)
-        if entry is None:
-            raise PluginNotFound("disappeared while it was being named", plugin=found.name,
-                                 path=found.path)
-        if entry.error is not None:
+        if entry is not None and entry.error is not None:
             raise entry.error
         return entry
 
@@ -606,13 +612,11 @@ class Loader:
         if running is not None and running.source.path == found.path:
             release_private_copy(staged.source)
             raise Identities.changed(found, name)
-        self.identities.learn(found.path, name)
-        with self._lock:
-            self._derive()
-            entry = next((f for f in self._all if f.path == found.path), None)
-        if entry is not None and entry.error is not None:
+        try:
+            self._named(found, name)
+        except PlughostError:
             release_private_copy(staged.source)
-            raise entry.error
+            raise
         return replace(staged, source=replace(staged.source, name=name,
                                               manifest=bare_manifest(name)))
 
