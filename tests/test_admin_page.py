@@ -79,6 +79,9 @@ def test_page_lists_the_plugins_with_their_state(page: Any) -> None:
     expect(row(page, "greeter").locator("a.route")).to_have_attribute(
         "href", "/plugins/greeter/hello")
     expect(row(page, "counter").locator('button[data-action="load"]')).to_be_disabled()
+    # each plugin's effective grants: counter and greeter declare [config, log]
+    expect(row(page, "counter").locator("td.grants .grant")).to_have_text(["config:read"])
+    expect(row(page, "counter").locator("td.grants .unsafe")).to_have_count(0)
 
 
 def test_reload_button_reloads_the_plugin(page: Any, served: Served) -> None:

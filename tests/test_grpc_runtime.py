@@ -274,12 +274,13 @@ def test_raw_grpcio_plugin_from_the_protocol_doc(plugins: Path, manager: Manager
     # Init got the manifest config (config_json)
     assert manager.call("raw", "init_config") == {"who": "raw", "n": 3, "nested": {"a": [1]}}
     # HostCall over PLUGHOST_HOST_ADDR: the Host service works for a non-SDK plugin
-    assert manager.call("raw", "config", {"key": "who"}) == "raw"
-    assert manager.call("raw", "config", {"key": "nested"}) == {"a": [1]}
-    assert manager.call("raw", "config", {"key": "absent"}) is None
-    with pytest.raises(PluginCallError, match="permission"):  # `log` is not granted
-        manager.call("raw", "hostcall", {"function": "log",
-                                         "args": {"level": "info", "message": "x"}})
+    # GoatFlow's shape, {"value": ...}
+    assert manager.call("raw", "config", {"key": "who"}) == {"value": "raw"}
+    assert manager.call("raw", "config", {"key": "nested"}) == {"value": {"a": [1]}}
+    with pytest.raises(PluginCallError, match='plugin "raw": unknown config key: absent'):
+        manager.call("raw", "config", {"key": "absent"})
+    with pytest.raises(PluginCallError, match="cache read access not granted"):
+        manager.call("raw", "hostcall", {"function": "cache_get", "args": {"key": "k"}})
     manager.call("raw", "log", {"level": 2, "message": "RAW-LOG-RPC"})
     assert ("plugin", "warning", "RAW-LOG-RPC") in records(manager, "raw")
     with pytest.raises(PluginCallError, match="unknown function: zap"):
@@ -296,26 +297,27 @@ def test_host_calls_permissions_and_log(plugins: Path, manager: Manager,
                                         new_loader: Callable[..., Loader]) -> None:
     sdk_plugin(plugins, "granted", manifest={"permissions": ["config", "log"],
                                              "config": {"who": "granted", "n": 7}})
-    # Its registration asks for config and log too: the manifest is the grant, not that.
-    sdk_plugin(plugins, "bare", manifest={"config": {"who": "bare"}})
+    # Its registration asks for config and log too; a manifest that declares anything
+    # is the whole declaration, so that is not granted.
+    sdk_plugin(plugins, "bare", manifest={"config": {"who": "bare"}, "permissions": ["cache"]})
     assert new_loader().load_all() == (2, [])
 
     def host(name: str, fn: str, args: Any) -> Any:
         return manager.call(name, "host", {"function": fn, "args": args})
 
-    assert host("granted", "config_get", {"key": "who"}) == "granted"  # its own config
-    assert host("granted", "config_get", {"key": "n"}) == 7
+    assert host("granted", "config_get", {"key": "who"}) == {"value": "granted"}
+    assert host("granted", "config_get", {"key": "n"}) == {"value": 7}
     host("granted", "log", {"level": "error", "message": "HOSTCALL-LOG-MARK"})
     assert ("plugin", "error", "HOSTCALL-LOG-MARK") in records(manager, "granted")
     manager.call("granted", "log", {"level": "info", "message": "LOG-RPC-MARK"})
     assert ("plugin", "info", "LOG-RPC-MARK") in records(manager, "granted")
 
-    with pytest.raises(PluginCallError, match="permission") as exc:
+    with pytest.raises(PluginCallError, match='plugin "bare": config key "who" access '
+                       "denied"):
         host("bare", "config_get", {"key": "who"})
-    assert "config" in str(exc.value)
-    assert any(s == "host" and "host call refused" in m and "permission" in m
-               for s, _, m in records(manager, "bare"))
-    with pytest.raises(PluginCallError, match="unknown host function"):
+    assert ("host", "error", 'host_call config_get failed: plugin "bare": config key "who" '
+            "access denied") in records(manager, "bare")
+    with pytest.raises(PluginCallError, match="unknown host API method: no_such_fn"):
         host("bare", "no_such_fn", {})
     # Log RPC needs no permission: it only writes into the plugin's own log
     manager.call("bare", "log", {"level": "debug", "message": "BARE-LOG"})
@@ -477,13 +479,14 @@ def test_environment_is_minimal(plugins: Path, manager: Manager, monkeypatch: py
     from plughost.proto.plughost.v1 import plugin_pb2_grpc as pb_grpc
     with grpc.insecure_channel(f"unix:{host_sock}") as channel:
         stub = pb_grpc.HostStub(channel)
-        request = pb.HostCallRequest(function="log", args=b'{"message": "x"}')
+        request = pb.HostCallRequest(function="config_get", args=b'{"key": "x"}')
         for metadata in ((), (("plughost-host-token", "guess"),)):
             with pytest.raises(grpc.RpcError) as info:
                 stub.HostCall(request, timeout=10, metadata=metadata)
             assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
         good = (("plughost-host-token", token),)
-        assert stub.HostCall(request, timeout=10, metadata=good).error != ""  # no `log` perm
+        assert stub.HostCall(request, timeout=10, metadata=good).error.startswith(
+            'plugin "envp": ')  # the token is right: the call reaches dispatch
     assert any("without this plugin's token" in r.message
                for r in manager.log_for("envp").records())
     manager.unregister("envp")
@@ -544,7 +547,8 @@ def test_kill9_under_load_fails_fast_then_serves_again(
     info = manager.info("k9")
     assert info is not None and info.state == "running"
     # the restarted process has the same grant
-    assert manager.call("k9", "host", {"function": "config_get", "args": {"key": "k"}}) == 1
+    assert manager.call("k9", "host", {"function": "config_get", "args": {"key": "k"}}) == {
+        "value": 1}
 
 
 def test_call_racing_a_crash_is_unavailable(plugins: Path, manager: Manager,
@@ -941,3 +945,34 @@ def test_errors_are_plughost_errors(plugins: Path, manager: Manager,
         plugin.call("echo", b"{}")
     with pytest.raises(PlughostError):
         manager.call("gone", "echo")
+
+
+def test_sdk_typed_host_helpers(plugins: Path, tmp_path: Path) -> None:
+    """plughost.sdk's helpers unwrap GoatFlow's shapes (base64, {"value"}, {"affected"})."""
+    from plughost.host import HostSettings
+
+    from .test_goatflow_hostapi import Web
+
+    web = Web()
+    sdk_plugin(plugins, "helped", manifest={
+        "config": {"who": "me"}, "resources": {"permissions": [
+            {"type": "cache", "access": "readwrite"}, {"type": "db", "access": "readwrite"},
+            {"type": "config", "access": "read"}, {"type": "http", "scope": ["127.0.0.1"]}]}})
+    manager = Manager(settings=HostSettings(data_dir=tmp_path / "data"), drain_timeout=10.0)
+    manager.host.translations.install("host", {"namespace": "app", "translations": {
+        "en": {"n": "%v items"}}})
+    events: list[Any] = []
+    manager.add_listener(events.append)
+    loader = Loader(plugins, manager)
+    try:
+        assert loader.load_all() == (1, [])
+        assert manager.call("helped", "helpers", {"url": web.url("/echo")}) == {
+            "cache": [0, 98, 121, 116, 101, 115, 255], "miss": None, "config": "me",
+            "rows": [{"y": 42}], "affected": 1, "http": [200, "ping"],
+            "translate": "3 items"}
+        assert [(e.channel, e.event_type, e.detail) for e in events
+                if e.kind == "plugin_event"] == [("ch", "typ", "data")]
+    finally:
+        loader.close()
+        manager.close()
+        web.close()

@@ -368,9 +368,11 @@ def test_every_known_permission_is_accepted(tmp_path: Path, perm: str) -> None:
     assert load_manifest(pdir).manifest.permissions == [perm]
 
 
-def test_permission_names_are_exactly_the_spec_ones() -> None:
+def test_permission_names_are_exactly_the_documented_shorthands() -> None:
+    from plughost.host.grants import SHORTHANDS
+
     assert {"db.read", "db.write", "cache", "http", "email", "config", "plugin.call",
-            "log"} == PERMISSIONS
+            "log", "file", "file.read", "file.write"} == PERMISSIONS == SHORTHANDS
 
 
 # -- not a mapping, bad YAML, unreadable ---------------------------------------------------

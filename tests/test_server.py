@@ -24,7 +24,7 @@ from plughost.runtimes.wasm import WasmEngine
 from plughost.server import create_app
 from plughost.server.events import EventHub
 
-from .conftest import free_port, wait_until, write_plugin_dir
+from .conftest import free_port, wait_until, write_plugin_dir, write_wasm
 from .serving import Served, descendants, gone, serve_in_thread
 
 ROUTES_PLUGIN = '''
@@ -333,6 +333,22 @@ def test_events_stream(serve: Serve) -> None:
         sse.close()
     wait_until(lambda: s.state.hub.clients == 0)  # the listener left with the client
     assert len(s.state.manager.listeners) == 1  # only the hub's own error tracker
+
+
+def test_a_plugins_published_event_reaches_the_stream(serve: Serve, plugin_dir: Path) -> None:
+    write_wasm(plugin_dir, "tk")
+    s = serve(keepalive=0.3)
+    sse = SSE(s.url)
+    try:
+        sse.wait_for(lambda line: line == ": connected")
+        assert s.state.manager.call("tk", "host", b'publish_event|{"channel":"tickets",'
+                                    b'"event_type":"created","data":"{\\"id\\":7}"}') == {
+            "status": "ok"}
+        ev = sse.event("plugin_event", "tk")
+        assert {k: ev[k] for k in ("channel", "event_type", "detail")} == {
+            "channel": "tickets", "event_type": "created", "detail": '{"id":7}'}
+    finally:
+        sse.close()
 
 
 def test_watcher_changes_reach_the_event_stream(serve: Serve, plugin_dir: Path) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import wasmtime
 
 from plughost import (
     HostCallError,
@@ -461,39 +462,41 @@ def test_config_get_with_permission(plugins: Path, make_loader: MakeLoader,
                                     manager: Manager) -> None:
     setup(plugins, make_loader, manager,
           {"permissions": ["config"], "config": {"k": "v1", "n": {"deep": [1, 2]}}})
-    assert host_call(manager, "tk", "config_get", '{"key":"k"}') == "v1"
-    assert host_call(manager, "tk", "config_get", '{"key":"n"}') == {"deep": [1, 2]}
+    assert host_call(manager, "tk", "config_get", '{"key":"k"}') == {"value": "v1"}
+    assert host_call(manager, "tk", "config_get", '{"key":"n"}') == {"value": {"deep": [1, 2]}}
+    assert host_call(manager, "tk", "config_get", '{"key":"app.name"}') == {
+        "value": "plughost"}  # the host's own keys come after the plugin's
     assert host_call(manager, "tk", "config_get", '{"key":"missing"}') is None
-    assert not any("refused" in m for m in messages(manager, "tk"))
+    assert 'host_call config_get failed: plugin "tk": unknown config key: missing' in \
+        messages(manager, "tk", "host")
 
 
 def test_config_get_without_permission_is_refused_and_logged(
         plugins: Path, make_loader: MakeLoader, manager: Manager) -> None:
     _, other = setup(plugins, make_loader, manager,
-                     {"permissions": ["log"], "config": {"k": "secret"}})
+                     {"permissions": ["cache"], "config": {"k": "secret"}})
     assert host_call(manager, "tk", "config_get", '{"key":"k"}') is None
-    refusals = [m for m in messages(manager, "tk", "host") if "permission" in m]
-    assert len(refusals) == 1
-    assert "config_get" in refusals[0] and "'config'" in refusals[0]
+    refusals = [m for m in messages(manager, "tk", "host") if "host_call" in m]
+    assert refusals == ['host_call config_get failed: plugin "tk": config key "k" access '
+                        "denied"]
     assert manager.call("tk", "count") == 1  # a refusal is not a failure of the instance
     other.serves()
 
 
 def test_log_host_function(plugins: Path, make_loader: MakeLoader, manager: Manager) -> None:
-    setup(plugins, make_loader, manager, {"permissions": ["log"]})
-    assert host_call(manager, "tk", "log", '{"level":"info","message":"hi"}') is None
-    assert host_call(manager, "tk", "log", '{"level":"error","message":"bad thing"}') is None
+    setup(plugins, make_loader, manager, {"permissions": ["cache"]})  # log needs no grant
+    assert host_call(manager, "tk", "log", '{"level":"info","message":"hi"}') == {"ok": True}
+    assert host_call(manager, "tk", "log", '{"level":"error","message":"bad thing"}') == {
+        "ok": True}
+    assert host_call(manager, "tk", "log", '{"level":"loud","message":"odd level"}') == {
+        "ok": True}  # GoatFlow: an unknown level is info
+    assert host_call(manager, "tk", "log",
+                     '{"level":"warn","message":"with","fields":{"b":2,"a":"x"}}') == {
+        "ok": True}
     recs = [(r.level, r.message) for r in manager.log_for("tk").records()
             if r.source == "plugin"]
-    assert recs == [("info", "hi"), ("error", "bad thing")]
-
-
-def test_log_host_function_without_permission(plugins: Path, make_loader: MakeLoader,
-                                              manager: Manager) -> None:
-    setup(plugins, make_loader, manager, {"permissions": []})
-    assert host_call(manager, "tk", "log", '{"level":"info","message":"hi"}') is None
-    assert "hi" not in messages(manager, "tk")
-    assert any("permission" in m and "'log'" in m for m in messages(manager, "tk", "host"))
+    assert recs == [("info", "hi"), ("error", "bad thing"), ("info", "odd level"),
+                    ("warning", "with a=x b=2")]
 
 
 def test_unknown_host_function_is_refused_and_logged(
@@ -501,9 +504,9 @@ def test_unknown_host_function_is_refused_and_logged(
     _, other = setup(plugins, make_loader, manager,
                      {"permissions": ["config", "log"], "config": {"k": "v"}})
     assert host_call(manager, "tk", "open_the_vault", "{}") is None
-    assert any("unknown host function 'open_the_vault'" in m
-               for m in messages(manager, "tk", "host"))
-    assert host_call(manager, "tk", "config_get", '{"key":"k"}') == "v"
+    assert 'host_call open_the_vault failed: plugin "tk": unknown host API method: ' \
+        "open_the_vault" in messages(manager, "tk", "host")
+    assert host_call(manager, "tk", "config_get", '{"key":"k"}') == {"value": "v"}
     other.serves()
 
 
@@ -512,9 +515,13 @@ def test_malformed_host_call_arguments_are_refused(
     setup(plugins, make_loader, manager, {"permissions": ["config"], "config": {"k": "v"}})
     assert host_call(manager, "tk", "config_get", "{not json") is None
     assert host_call(manager, "tk", "config_get", '{"key": 5}') is None
-    refused = [m for m in messages(manager, "tk", "host") if "refused" in m]
-    assert len(refused) == 2
-    assert host_call(manager, "tk", "config_get", '{"key":"k"}') == "v"
+    assert host_call(manager, "tk", "config_get", '[1]') is None
+    refused = [m for m in messages(manager, "tk", "host") if "host_call config_get" in m]
+    assert len(refused) == 3
+    assert "not valid JSON" in refused[0] and "'key' must be a string" in refused[1]
+    assert "must be a JSON object" in refused[2]
+    assert host_call(manager, "tk", "config_get", '{"KEY":"k"}') == {"value": "v"}  # Go's
+    # decoder matches keys case-insensitively
 
 
 def test_bare_wasm_gets_the_permissions_of_its_registration(
@@ -523,12 +530,13 @@ def test_bare_wasm_gets_the_permissions_of_its_registration(
     host_table.register("db_secret", lambda ctx, args: "leaked", permission="db.read")
     write_wasm(plugins, "tk")  # testkit registers permissions [config, log]
     Loader(plugins, hmanager, engine=engine).load_all()
-    assert host_call(hmanager, "tk", "log", '{"level":"info","message":"hi"}') is None
-    assert ("info", "hi") in [(r.level, r.message) for r in hmanager.log_for("tk").records()]
-    assert host_call(hmanager, "tk", "config_get", '{"key":"k"}') is None  # granted, unset
-    assert not any("permission" in m for m in messages(hmanager, "tk"))
+    assert host_call(hmanager, "tk", "config_get", '{"key":"app.env"}') is not None
+    assert not any("access" in m for m in messages(hmanager, "tk"))
     assert host_call(hmanager, "tk", "db_secret", "{}") is None  # not in its registration
-    assert any("permission" in m and "db.read" in m for m in messages(hmanager, "tk"))
+    assert 'host_call db_secret failed: plugin "tk": database read access not granted' in \
+        messages(hmanager, "tk")
+    grants = hmanager.grants("tk")
+    assert grants is not None and grants.as_list() == [{"type": "config", "access": "read"}]
 
 
 def test_manifest_permissions_override_the_registration(
@@ -538,8 +546,30 @@ def test_manifest_permissions_override_the_registration(
     write_plugin_dir(plugins, "tk", {"permissions": ["db.read"]})  # registration asks config
     Loader(plugins, hmanager, engine=engine).load_all()
     assert host_call(hmanager, "tk", "db_secret", "{}") == "granted"
-    assert host_call(hmanager, "tk", "config_get", '{"key":"k"}') is None
-    assert any("permission" in m and "'config'" in m for m in messages(hmanager, "tk"))
+    assert host_call(hmanager, "tk", "config_get", '{"key":"app.env"}') is None
+    assert any('config key "app.env" access denied' in m for m in messages(hmanager, "tk"))
+
+
+def test_a_plugin_that_declares_nothing_gets_goatflows_default(
+        plugins: Path, host_table: HostFunctions, hmanager: Manager,
+        engine: WasmEngine) -> None:
+    """No permission in the manifest nor in the registration: db read, cache and file
+    readwrite, nothing else."""
+    host_table.register("db_secret", lambda ctx, args: "granted", permission="db.read")
+    pdir = write_plugin_dir(plugins, "tk", {"permissions": []})
+    text = (Path(__file__).parent / "fixtures" / "wat" / "testkit.wat").read_text()
+    asks = '\\"permissions\\":[\\"config\\",\\"log\\"]'
+    assert asks in text
+    quiet = '\\"permissions\\":[' + " " * (len(asks) - 18) + "]"  # same length: no ask
+    (pdir / "tk.wasm").write_bytes(wasmtime.wat2wasm(
+        text.replace(asks, quiet).replace("__NAME__", "tk").replace("__VERSION__", "1.0.0")))
+    Loader(plugins, hmanager, engine=engine).load_all()
+    grants = hmanager.grants("tk")
+    assert grants is not None and grants.as_list() == [
+        {"type": "db", "access": "read"}, {"type": "cache", "access": "readwrite"},
+        {"type": "file", "access": "readwrite"}]
+    assert host_call(hmanager, "tk", "db_secret", "{}") == "granted"
+    assert host_call(hmanager, "tk", "config_get", '{"key":"app.env"}') is None
 
 
 def test_host_decides_who_is_calling(plugins: Path, host_table: HostFunctions,

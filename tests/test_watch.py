@@ -344,13 +344,13 @@ def test_changed_manifest_config_is_seen_by_the_plugin(plugins: Path, start: Sta
     manifest = {"permissions": ["config"], "config": {"k": "v1"}}
     pdir = write_plugin_dir(plugins, "cfg", manifest)
     s = start()
-    assert host_call(s.manager, "cfg", "config_get", '{"key":"k"}') == "v1"
+    assert host_call(s.manager, "cfg", "config_get", '{"key":"k"}') == {"value": "v1"}
     mark = s.rec.mark()
     data = yaml.safe_load((pdir / "plugin.yaml").read_text())
     data["config"] = {"k": "v2"}
     replace_atomic(pdir / "plugin.yaml", yaml.safe_dump(data))
     s.rec.wait("reload", "cfg", after=mark)
-    assert host_call(s.manager, "cfg", "config_get", '{"key":"k"}') == "v2"
+    assert host_call(s.manager, "cfg", "config_get", '{"key":"k"}') == {"value": "v2"}
 
 
 def test_grpc_changed_manifest_config_reaches_init(plugins: Path, start: Start) -> None:

@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .errors import PlughostError
-from .listing import BROKEN, plugin_rows
+from .listing import BROKEN, grants_text, plugin_rows
 from .loader import Loader
 from .manager import Manager
 from .manifest import MANIFEST_FILE, load_manifest
@@ -75,9 +75,11 @@ def list_cmd(directory: DirArg = Path("plugins"),
                 else nullcontext():
             loader.load_all()
         # the same rows as the JSON API, with the columns a terminal needs
-        rows: list[dict[str, str]] = [
+        rows: list[dict[str, Any]] = [
             {"name": r["name"], "type": r["type"], "version": r["version"],
-             "state": r["state"], "path": r["path"], "error": r["error"] or ""}
+             "state": r["state"], "path": r["path"], "error": r["error"] or "",
+             "grants": r["grants"], "unsafe": r["unsafe"], "blocked": r.get("blocked", False),
+             "grants_text": grants_text(r)}
             for r in plugin_rows(manager, loader)]
     except PlughostError as exc:
         raise _fail(str(exc)) from None
@@ -92,13 +94,15 @@ def list_cmd(directory: DirArg = Path("plugins"),
         # Every cell is Text: names, paths and errors come from files and plugins, so
         # they are never read as Rich markup.
         table = Table(title=Text(f"plugins in {directory}"))
-        for col in ("name", "type", "version", "state", "path / error"):
+        for col in ("name", "type", "version", "state", "grants", "path / error"):
             table.add_column(col, overflow="fold")
         for r in rows:
             style = "red" if r["state"] in BROKEN else "green" if r["state"] == "running" \
                 else ""
             table.add_row(Text(r["name"]), Text(r["type"]), Text(r["version"]),
-                          Text(r["state"], style=style), Text(r["error"] or r["path"]))
+                          Text(r["state"], style=style),
+                          Text(r["grants_text"], style="yellow" if r["unsafe"] else ""),
+                          Text(r["error"] or r["path"]))
         out.print(table)
         if failed:
             err.print(Text(f"{failed} of {len(rows)} plugins failed", style="bold red"))

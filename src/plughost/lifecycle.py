@@ -23,9 +23,10 @@ ListedState = Literal["starting", "running", "restarting", "failed", "stopped", 
 #: - load / unload / reload / enable / disable: the registry changed;
 #: - error: a load or reload failed (detail: why);
 #: - crash / restart / failed: a gRPC plugin's process died, came back, or gave up;
-#: - call_error: a call failed (detail: the error type and reason).
+#: - call_error: a call failed (detail: the error type and reason);
+#: - plugin_event: a plugin's `publish_event` (channel, event_type; detail: its data).
 EventKind = Literal["load", "unload", "reload", "enable", "disable", "error", "crash",
-                    "restart", "failed", "call_error"]
+                    "restart", "failed", "call_error", "plugin_event"]
 EVENT_KINDS: tuple[EventKind, ...] = get_args(EventKind)
 
 #: The kinds that are a plugin's latest error (the admin page's "last error" column).

@@ -34,6 +34,7 @@ def plugin_rows(manager: Manager, loader: Loader, *,
             "version": d.manifest.version if d.manifest and d.manifest.version else "",
             "description": d.manifest.description if d.manifest else "",
             "state": state, "loaded_at": None, "enabled": None, "inflight": 0, "routes": [],
+            "grants": None, "unsafe": [],
             "error": str(d.error) if d.error else last_error(d.name),
             "warnings": list(d.warnings)}
         if info is not None:
@@ -54,15 +55,38 @@ def _fill_loaded(manager: Manager, row: dict[str, Any], info: PluginInfo, root: 
     name = row["name"]
     plugin = manager.get(name)
     if plugin is None:  # unloaded a moment ago
-        row.update(state="discovered", loaded_at=None, enabled=None, inflight=0, routes=[])
+        row.update(state="discovered", loaded_at=None, enabled=None, inflight=0, routes=[],
+                   grants=None, unsafe=[])
         return
     reg = plugin.registration
+    grants = manager.grants(name)
+    row.update(grants=grants.as_list() if grants is not None else None,
+               unsafe=grants.unsafe() if grants is not None else [],
+               blocked=bool(grants is not None and grants.blocked))
     row.update(state=info.state, version=info.version, loaded_at=info.loaded_at,
                enabled=info.enabled, inflight=info.inflight,
                description=reg.description or row["description"],
                routes=[{"method": r.method.upper(), "path": r.path, "handler": r.handler,
                         "url": f"{root}/plugins/{name}/{r.path.lstrip('/')}"}
                        for r in reg.routes])
+
+
+def grants_text(row: dict[str, Any]) -> str:
+    """A row's grants in one line, for a terminal: `db:read cache:readwrite
+    http[api.example.com]`, unsafe ones flagged with `!`."""
+    if row.get("grants") is None:
+        return ""
+    if row.get("blocked"):
+        return "BLOCKED by policy"
+    parts = []
+    for g in row["grants"]:
+        text = str(g["type"]) + (f":{g['access']}" if g.get("access") else "")
+        if g.get("scope"):
+            text += "[" + ",".join(map(str, g["scope"])) + "]"
+        parts.append(text)
+    flags = [f"! {u}" for u in row.get("unsafe") or []]
+    return " ".join(parts) + ("  " + "; ".join(flags) if flags else "") if parts or flags \
+        else "(none)"
 
 
 #: States a listing counts as broken (`plughost list` exits 1 on any).

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from .discovery import Found, bare_manifest, resolve, scan_single, walk
 from .errors import (
@@ -23,6 +24,7 @@ from .errors import (
     PluginUnavailable,
 )
 from .host import chain
+from .host.policy import Policy
 from .identity import Identities
 from .logs import PluginLog
 from .manager import Manager
@@ -75,11 +77,14 @@ class Loader:
                  restart_policy: RestartPolicy | None = None,
                  package_limits: PackageLimits | None = None,
                  sandbox: Sandbox | SandboxMode | None = None,
-                 runtimes: Mapping[str, Runtime] | None = None) -> None:
+                 runtimes: Mapping[str, Runtime] | None = None,
+                 policies: Mapping[str, Policy | Mapping[str, Any]] | None = None) -> None:
         """`runtimes`: the runtime for each plugin kind; default: wasm on `engine` (or a new
         engine with its module cache in `cache_dir`) and grpc with `restart_policy` and
         `sandbox` (bubblewrap where it works: "auto", the default, or PLUGHOST_SANDBOX;
-        "bwrap" to require it; "off"). Any runtime given replaces the default of its kind."""
+        "bwrap" to require it; "off"). Any runtime given replaces the default of its kind.
+        `policies`: the operator's policy per plugin name, set on the manager (the same as
+        `Manager(policies=...)`; host/policy.py)."""
         self.plugin_dir = Path(plugin_dir)
         self.manager = manager
         self.lazy = lazy
@@ -91,6 +96,8 @@ class Loader:
             self.runtimes["grpc"] = GrpcRuntime(
                 restart_policy, sandbox if isinstance(sandbox, Sandbox) else Sandbox(sandbox))
         self.runtimes.setdefault("template", TemplateRuntime())
+        for policy_name, policy in (policies or {}).items():
+            manager.policies.set(policy_name, policy)
         # Verification is on with trusted keys (argument or PLUGHOST_TRUSTED_KEYS) or with
         # PLUGHOST_REQUIRE_SIGNATURES=1; then every load path refuses unsigned plugins.
         self.stager = Stager(trusted_keys, require=require_signatures, limits=package_limits)

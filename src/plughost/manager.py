@@ -17,7 +17,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, Protocol, TypeVar
@@ -32,6 +32,9 @@ from .errors import (
     PluginUnavailable,
 )
 from .host import HostAPI, HostFunctions, HostSettings, chain, default_host_functions
+from .host.dispatch import HostContext
+from .host.grants import Grants
+from .host.policy import POLICY_FILE, Policy, PolicyBook
 from .lifecycle import EventKind, PluginState
 from .logs import PluginLog
 from .plugin import Plugin
@@ -70,6 +73,9 @@ class Event:
     plugin: str
     time: float = field(default_factory=time.time)
     detail: str = ""
+    #: a `plugin_event`'s channel and type (its data is `detail`)
+    channel: str = ""
+    event_type: str = ""
 
 
 class _Entry:
@@ -128,11 +134,18 @@ class Manager:
 
     def __init__(self, host: HostFunctions | HostAPI | None = None, *,
                  settings: HostSettings | None = None, drain_timeout: float = 30.0,
-                 max_workers: int = 32, log_capacity: int = 1000) -> None:
+                 max_workers: int = 32, log_capacity: int = 1000,
+                 policies: Mapping[str, Policy | Mapping[str, Any]] | None = None) -> None:
         """`host`: a full table of host functions, or just the backends (`HostAPI`) behind
-        the built-in ones; default: SQLite/memory/httpx/smtplib (`settings` tunes them)."""
+        the built-in ones; default: SQLite/memory/httpx/smtplib (`settings` tunes them).
+        `policies`: the operator's policy per plugin name (host/policy.py), over those in
+        `<data dir>/policies.yaml`."""
         self.host = host if isinstance(host, HostFunctions) else default_host_functions(
             host, settings)
+        resolved = settings or getattr(self.host.api, "settings", None)
+        data_dir = resolved.data_dir if isinstance(resolved, HostSettings) else \
+            HostSettings().data_dir
+        self.policies = PolicyBook(policies, data_dir / POLICY_FILE)
         self.drain_timeout = drain_timeout
         self._entries: dict[str, _Entry] = {}
         self._logs: dict[str, PluginLog] = {}
@@ -165,6 +178,7 @@ class Manager:
                 raise PluginLoadError("a plugin of this name is already registered",
                                       plugin=plugin.name)
             self._entries[plugin.name] = _Entry(plugin)
+        self.host.translations.install(plugin.name, plugin.registration.i18n)
         self._emit(Event("load", plugin.name, detail=plugin.registration.version))
 
     def get(self, name: str) -> Plugin | None:
@@ -203,6 +217,7 @@ class Manager:
             if old is not None:
                 new.enabled = old.enabled
             self._entries[plugin.name] = new
+        self.host.translations.install(plugin.name, plugin.registration.i18n)
         if old is None:
             self._emit(Event("load", plugin.name, detail=plugin.registration.version))
             return None
@@ -216,6 +231,7 @@ class Manager:
             entry = self._entries.pop(name, None)
         if entry is None:
             raise PluginNotFound("not loaded", plugin=name)
+        self.host.translations.remove(name)
         self._retire(entry, drain_timeout)
         self._emit(Event("unload", name))
         return entry.plugin
@@ -259,7 +275,33 @@ class Manager:
         for t in threads:
             t.join(max(0.0, end - time.monotonic()))
         for e in entries:
+            self.host.translations.remove(e.plugin.name)
             self._emit(Event("unload", e.plugin.name))
+
+    # -- what the host functions need (host.PluginCaller) ---------------------------------
+
+    def policy_for(self, name: str) -> Policy | None:
+        """The operator's policy for `name` (None: its declared grants stand)."""
+        return self.policies.get(name)
+
+    def set_policy(self, name: str, policy: Policy | Mapping[str, Any] | None) -> None:
+        """Set (None: drop) `name`'s policy; a running plugin gets it at once."""
+        self.policies.set(name, policy)
+        plugin = self.get(name)
+        refresh = getattr(plugin, "refresh_grants", None)
+        if callable(refresh):
+            refresh()
+
+    def grants(self, name: str) -> Grants | None:
+        """The effective grants of loaded plugin `name` (None: not loaded)."""
+        plugin = self.get(name)
+        context = getattr(plugin, "host_context", None)
+        return context.granted if isinstance(context, HostContext) else None
+
+    def publish(self, plugin: str, channel: str, event_type: str, data: str) -> None:
+        """A plugin's `publish_event`: a `plugin_event` to every listener."""
+        self._emit(Event("plugin_event", plugin, detail=data, channel=channel,
+                         event_type=event_type))
 
     # -- calls ---------------------------------------------------------------------------
 
@@ -294,7 +336,7 @@ class Manager:
         entry = self._acquire(name)
         try:
             # A nested call (plugin_call) inherits what is left of its caller's deadline.
-            with chain.entered(name, _limit_of(entry.plugin, timeout)) as deadline:
+            with chain.entered(name, _limit_of(entry.plugin, timeout), args) as deadline:
                 return entry.plugin.call(function, args, deadline=deadline)
         except PlughostError as exc:
             self._call_failed(name, exc)

@@ -34,7 +34,8 @@ _NAME_RE = re.compile(NAME_PATTERN)
 
 #: Permission names a manifest may grant, and the host functions they unlock.
 PERMISSIONS: frozenset[str] = frozenset(
-    {"db.read", "db.write", "cache", "http", "email", "config", "plugin.call", "log"}
+    {"db.read", "db.write", "cache", "http", "email", "config", "plugin.call", "log",
+     "file", "file.read", "file.write"}
 )
 
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ManifestError
 from .inputs import REGISTRATION_MAX_BYTES
-from .manifest import NAME_PATTERN, is_valid_name
+from .manifest import NAME_PATTERN, Permission, is_valid_name
 
 
 class _Open(BaseModel):
@@ -63,6 +63,14 @@ class Job(_Open):
     timeout: str | int | None = None
 
 
+class RegistrationResources(_Open):
+    """GoatFlow's `ResourceRequest`: the permissions a plugin asks for and its file quota
+    (its memory and timeouts are not taken from here: the manifest sets those)."""
+
+    permissions: list[Permission] = Field(default_factory=list)
+    max_file_storage_bytes: int = Field(0, ge=0)
+
+
 class Registration(_Open):
     name: str
     version: str = "0.0.0"
@@ -78,7 +86,18 @@ class Registration(_Open):
     i18n: dict[str, Any] = Field(default_factory=dict)
     error_codes: list[Any] = Field(default_factory=list)
     min_host_version: str = ""
+    #: plughost's flat permission names (the manifest's shorthands); legacy in GoatFlow
     permissions: list[str] = Field(default_factory=list)
+    resources: RegistrationResources = Field(default_factory=RegistrationResources)
+
+    @field_validator("permissions")
+    @classmethod
+    def _known_shorthands(cls, v: list[str]) -> list[str]:
+        # GoatFlow ignores this legacy list; plughost reads its own shorthands from it and
+        # ignores the rest, as GoatFlow does, rather than failing the load.
+        from .manifest import PERMISSIONS
+
+        return [p for p in v if p in PERMISSIONS]
 
 
 def parse_registration(raw: bytes, *, expected_name: str | None, path: str | None = None,

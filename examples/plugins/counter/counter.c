@@ -197,14 +197,14 @@ static int64_t get_step(void) {
     char *res = (char *)(uintptr_t)(uint32_t)(u >> 32);
     size_t res_len = (size_t)(uint32_t)u;
 
-    /* The result is a bare JSON value such as `5` or `null`. */
-    size_t p = 0;
-    while (p < res_len && is_space(res[p])) p++;
+    /* The result is {"value":<the config value>}, as Go writes it: no spaces. */
+    static const char prefix[] = "{\"value\":";
+    size_t p = sizeof(prefix) - 1;
     int64_t value;
-    if (parse_int64(res, res_len, &p, &value)) {
-        while (p < res_len && is_space(res[p])) p++;
-        if (p == res_len) step = value;
-    } else if (!(res_len - p >= 4 && memcmp(res + p, "null", 4) == 0)) {
+    if (res_len > p && memcmp(res, prefix, p) == 0
+            && parse_int64(res, res_len, &p, &value) && p + 1 == res_len && res[p] == '}') {
+        step = value;
+    } else {
         log_str(LOG_WARN, "config \"step\" is not an integer; using 1");
     }
 

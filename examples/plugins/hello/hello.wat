@@ -26,6 +26,7 @@
   (data (i32.const 576) "{\"message\":")
   (data (i32.const 600) "unknown function")
   (data (i32.const 620) "hello called")
+  (data (i32.const 640) "{\"message\":null}")
 
   (func $malloc (export "gk_malloc") (param $size i32) (result i32)
     (local $p i32)
@@ -61,15 +62,19 @@
     (if (i32.eqz (call $is (local.get $fp) (local.get $fl) (i32.const 512) (i32.const 5)))
       (then (call $error (i32.const 600) (i32.const 16)) (return (i64.const 0))))
     (call $log (i32.const 0) (i32.const 620) (i32.const 12))
-    ;; greeting = host config_get("greeting"): a JSON value written into our memory
+    ;; greeting = host config_get("greeting"), answered as {"value":<greeting>} (Go's
+    ;; encoding: exactly that prefix and a closing brace), or 0 when refused
     (local.set $r (call $host_call (i32.const 528) (i32.const 10) (i32.const 544) (i32.const 18)))
     (local.set $vp (i32.wrap_i64 (i64.shr_u (local.get $r) (i64.const 32))))
     (local.set $vn (i32.wrap_i64 (local.get $r)))
-    ;; {"message": + value + }
+    (if (i32.lt_u (local.get $vn) (i32.const 10))
+      (then (return (call $pack (i32.const 640) (i32.const 16)))))
+    ;; {"message": + <greeting> + }
+    (local.set $vn (i32.sub (local.get $vn) (i32.const 10)))
     (local.set $out (call $malloc (i32.add (local.get $vn) (i32.const 12))))
     (memory.copy (local.get $out) (i32.const 576) (i32.const 11))
-    (memory.copy (i32.add (local.get $out) (i32.const 11)) (local.get $vp) (local.get $vn))
+    (memory.copy (i32.add (local.get $out) (i32.const 11)) (i32.add (local.get $vp) (i32.const 9)) (local.get $vn))
     (i32.store8 (i32.add (i32.add (local.get $out) (i32.const 11)) (local.get $vn)) (i32.const 125))
-    (if (local.get $vp) (then (call $free (local.get $vp))))
+    (call $free (local.get $vp))
     (call $pack (local.get $out) (i32.add (local.get $vn) (i32.const 12))))
 )

@@ -9,6 +9,9 @@ the work, for the plugin named in its first argument.
 
 from __future__ import annotations
 
+import datetime
+import os
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -17,27 +20,62 @@ import platformdirs
 
 from .cache import MemoryCache
 from .db import SQLiteDB
+from .files import FileStore, StoredFile
 from .http import HttpClient
 from .mail import Mailer, SMTPSettings
+from .secrets import SecureConfig
+
+#: A db backend's table check: `check(read_tables, written_tables)` raises
+#: `PermissionDenied` when the plugin's grant does not cover them. A backend must call it
+#: with every table a statement touches before the statement runs.
+TableCheck = Callable[[Iterable[str], Iterable[str]], None]
+
+#: An http backend's check of each URL it is about to request (the first and every
+#: redirect); raises when the plugin may not go there.
+UrlCheck = Callable[[str], None]
 
 
 class HostAPI(Protocol):
-    def db_query(self, plugin: str, query: str, args: list[Any]) -> list[dict[str, Any]]: ...
+    """The backends. Each gets the calling plugin's name (and, where GoatFlow keys data by
+    organisation, the call's organisation id) from the host."""
 
-    def db_exec(self, plugin: str, query: str, args: list[Any]) -> dict[str, Any]: ...
+    def db_query(self, plugin: str, query: str, args: list[Any], *,
+                 check: TableCheck) -> list[dict[str, Any]]: ...
 
-    def cache_get(self, plugin: str, key: str) -> Any: ...
+    def db_exec(self, plugin: str, query: str, args: list[Any], *, check: TableCheck
+                ) -> int: ...
 
-    def cache_set(self, plugin: str, key: str, value: Any, ttl: float | None) -> None: ...
+    def cache_get(self, plugin: str, key: str) -> bytes | None: ...
+
+    def cache_set(self, plugin: str, key: str, value: bytes, ttl: float | None) -> None: ...
 
     def cache_delete(self, plugin: str, key: str) -> bool: ...
 
-    def http_request(self, plugin: str, allowed_hosts: tuple[str, ...], method: str, url: str,
-                     headers: dict[str, str], body: str | None, timeout: float | None
-                     ) -> dict[str, Any]: ...
+    def http_request(self, plugin: str, method: str, url: str, headers: dict[str, str],
+                     body: bytes | None, timeout: float | None, *, check: UrlCheck
+                     ) -> tuple[int, bytes]: ...
 
     def send_email(self, plugin: str, to: list[str], subject: str, body: str,
                    html: str | None) -> None: ...
+
+    def store_file(self, plugin: str, org_id: int, key: str, data: bytes,
+                   metadata: dict[str, str], quota: int) -> None: ...
+
+    def get_file(self, plugin: str, org_id: int, key: str) -> StoredFile: ...
+
+    def delete_file(self, plugin: str, org_id: int, key: str) -> None: ...
+
+    def list_files(self, plugin: str, org_id: int, prefix: str) -> list[dict[str, Any]]: ...
+
+    def secure_config_get(self, plugin: str, org_id: int, key: str) -> str: ...
+
+    def secure_config_set(self, plugin: str, org_id: int, key: str, value: str) -> None: ...
+
+
+def _default_app_config() -> dict[str, str]:
+    tz = datetime.datetime.now().astimezone().tzinfo
+    return {"app.name": "plughost", "app.env": os.environ.get("PLUGHOST_ENV", "production"),
+            "app.timezone": os.environ.get("TZ") or (tz.tzname(None) if tz else None) or "UTC"}
 
 
 @dataclass(frozen=True)
@@ -64,7 +102,15 @@ class HostSettings:
     mail_max_recipients: int = 50
     mail_max_subject: int = 998
     mail_max_body_bytes: int = 1024 * 1024
-    max_call_depth: int = 8  # plugin_call nesting
+    #: plugin_call nesting, GoatFlow's 10
+    max_call_depth: int = 10
+    #: each plugin's number of stored files, at most (bytes: its `max_file_storage_bytes`)
+    file_max_files: int = 10_000
+    #: the host key that seals secure config (a Fernet key); None: the data dir's
+    #: `secure-config.key`, made on first use
+    secret_key: bytes | None = None
+    #: what `config_get` answers beyond a plugin's own `config:` (GoatFlow's three keys)
+    app_config: Mapping[str, str] = field(default_factory=_default_app_config)
 
 
 class DefaultHostAPI:
@@ -83,26 +129,49 @@ class DefaultHostAPI:
         self.http = HttpClient(s.http_timeout, s.http_max_bytes)
         self.mailer = Mailer(s.smtp)
 
-    def db_query(self, plugin: str, query: str, args: list[Any]) -> list[dict[str, Any]]:
-        return self.db.query(plugin, query, args)
+        self.files = FileStore(s.data_dir / "files", max_files=s.file_max_files)
+        self.secrets = SecureConfig(s.data_dir / "secure-config", s.secret_key)
 
-    def db_exec(self, plugin: str, query: str, args: list[Any]) -> dict[str, Any]:
-        return self.db.execute(plugin, query, args)
+    def db_query(self, plugin: str, query: str, args: list[Any], *,
+                 check: TableCheck) -> list[dict[str, Any]]:
+        return self.db.query(plugin, query, args, check=check)
 
-    def cache_get(self, plugin: str, key: str) -> Any:
+    def db_exec(self, plugin: str, query: str, args: list[Any], *, check: TableCheck) -> int:
+        return self.db.execute(plugin, query, args, check=check)
+
+    def cache_get(self, plugin: str, key: str) -> bytes | None:
         return self.cache.get(plugin, key)
 
-    def cache_set(self, plugin: str, key: str, value: Any, ttl: float | None) -> None:
+    def cache_set(self, plugin: str, key: str, value: bytes, ttl: float | None) -> None:
         self.cache.set(plugin, key, value, ttl)
 
     def cache_delete(self, plugin: str, key: str) -> bool:
         return self.cache.delete(plugin, key)
 
-    def http_request(self, plugin: str, allowed_hosts: tuple[str, ...], method: str, url: str,
-                     headers: dict[str, str], body: str | None, timeout: float | None
-                     ) -> dict[str, Any]:
-        return self.http.request(plugin, allowed_hosts, method, url, headers, body, timeout)
+    def http_request(self, plugin: str, method: str, url: str, headers: dict[str, str],
+                     body: bytes | None, timeout: float | None, *, check: UrlCheck
+                     ) -> tuple[int, bytes]:
+        return self.http.request(plugin, method, url, headers, body, timeout, check=check)
 
     def send_email(self, plugin: str, to: list[str], subject: str, body: str,
                    html: str | None) -> None:
         self.mailer.send(plugin, to, subject, body, html)
+
+    def store_file(self, plugin: str, org_id: int, key: str, data: bytes,
+                   metadata: dict[str, str], quota: int) -> None:
+        self.files.store(plugin, org_id, key, data, metadata, quota)
+
+    def get_file(self, plugin: str, org_id: int, key: str) -> StoredFile:
+        return self.files.get(plugin, org_id, key)
+
+    def delete_file(self, plugin: str, org_id: int, key: str) -> None:
+        self.files.delete(plugin, org_id, key)
+
+    def list_files(self, plugin: str, org_id: int, prefix: str) -> list[dict[str, Any]]:
+        return self.files.list(plugin, org_id, prefix)
+
+    def secure_config_get(self, plugin: str, org_id: int, key: str) -> str:
+        return self.secrets.get(plugin, org_id, key)
+
+    def secure_config_set(self, plugin: str, org_id: int, key: str, value: str) -> None:
+        self.secrets.set(plugin, org_id, key, value)

@@ -4,18 +4,17 @@ Each plugin has its own namespace and its own byte and entry quota, and evicts o
 least recently used keys: one plugin filling the cache never evicts another's keys (a
 shared LRU let one plugin flush everyone). The whole cache has a cap too. When it is full,
 a plugin's write first evicts that plugin's own keys, and is refused when it has none left
-to give. Every entry expires: a missing TTL, or a longer one, becomes `max_ttl`.
+to give. Every entry expires: a missing TTL (or 0), or a longer one, becomes `max_ttl`.
+Values are bytes (GoatFlow's cache holds bytes; plugins send them base64-encoded).
 """
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections import OrderedDict
-from typing import Any
 
-_Entry = tuple[str, float]  # (JSON text, expiry on the monotonic clock)
+_Entry = tuple[bytes, float]  # (value, expiry on the monotonic clock)
 
 
 class _Space:
@@ -26,7 +25,7 @@ class _Space:
         self.bytes = 0
 
 
-def _size(key: str, text: str) -> int:
+def _size(key: str, text: bytes) -> int:
     return len(key) + len(text)
 
 
@@ -47,7 +46,7 @@ class MemoryCache:
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def get(self, plugin: str, key: str) -> Any:
+    def get(self, plugin: str, key: str) -> bytes | None:
         with self._lock:
             space = self._spaces.get(plugin)
             item = space.data.get(key) if space else None
@@ -58,10 +57,10 @@ class MemoryCache:
                 self._drop(plugin, space, key)
                 return None
             space.data.move_to_end(key)
-        return json.loads(text)
+        return text
 
-    def set(self, plugin: str, key: str, value: Any, ttl: float | None) -> None:
-        text = json.dumps(value, separators=(",", ":"))
+    def set(self, plugin: str, key: str, value: bytes, ttl: float | None) -> None:
+        text = bytes(value)
         size = _size(key, text)
         if size > self.plugin_max_bytes:
             raise ValueError(f"value of {size} bytes is larger than a plugin's cache quota "

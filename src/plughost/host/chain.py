@@ -18,6 +18,7 @@ among its in-flight calls: conservative, never more permissive than the truth.
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,7 +29,8 @@ from ..deadline import Deadline, within
 from ..errors import CallCycle
 from ..proto import CALL_ID_METADATA
 
-__all__ = ["CALL_ID_METADATA", "CallPath", "admit", "current", "entered", "lookup", "path",
+__all__ = ["CALL_ID_METADATA", "CallPath", "admit", "current", "entered", "envelope",
+           "lookup", "path",
            "remote_call", "using"]
 
 @dataclass(frozen=True)
@@ -37,6 +39,10 @@ class CallPath:
 
     plugins: tuple[str, ...] = ()
     deadline: Deadline | None = None  # by which the innermost call on the path must end
+    #: the call's language and organisation (GoatFlow's `_lang`, `_org_id` in the args of
+    #: the outermost call that gave them); host functions answer in them
+    lang: str = ""
+    org_id: int = 0
 
     def left(self) -> float | None:
         """Seconds until the deadline (None: no deadline on this path)."""
@@ -69,15 +75,36 @@ def admit(name: str) -> None:
                         "entered at most once on one call path", plugin=name)
 
 
+def envelope(args: bytes) -> tuple[str, int] | None:
+    """`(_lang, _org_id)` from a call's JSON args when it carries them (None: it does not,
+    and the path keeps what it has). Only args that mention them are parsed at all."""
+    if b'"_lang"' not in args and b'"_org_id"' not in args:
+        return None
+    try:
+        data = json.loads(args)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    lang, org = data.get("_lang"), data.get("_org_id")
+    org_id = int(org) if isinstance(org, int | float) and not isinstance(org, bool) and \
+        0 <= org < 2**63 else 0
+    return (lang if isinstance(lang, str) else "", org_id)
+
+
 @contextmanager
-def entered(name: str, timeout: float | None) -> Iterator[Deadline | None]:
+def entered(name: str, timeout: float | None, args: bytes = b""
+            ) -> Iterator[Deadline | None]:
     """Mark that the current path now runs inside plugin `name`, for at most `timeout`
     seconds and never past the path's deadline (None: the path's). Yields this call's
-    deadline. Refused with `CallCycle` if `name` is already on the path."""
+    deadline. Refused with `CallCycle` if `name` is already on the path. `args`, the
+    call's, may set the path's language and organisation (`envelope`)."""
     admit(name)
     outer = _path.get()
     deadline = within(outer.deadline, timeout)
-    token = _path.set(CallPath((*outer.plugins, name), deadline))
+    given = envelope(args) if args else None
+    lang, org_id = given if given is not None else (outer.lang, outer.org_id)
+    token = _path.set(CallPath((*outer.plugins, name), deadline, lang, org_id))
     try:
         yield deadline
     finally:

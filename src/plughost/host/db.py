@@ -4,7 +4,11 @@ Parameters are always bound by SQLite, never interpolated. `db_query` runs on a 
 connection (`PRAGMA query_only`), so it cannot write even if handed an UPDATE; one
 statement per call (sqlite3 refuses more). An authorizer keeps a plugin inside its own
 file: no ATTACH/DETACH (which also stops `VACUUM INTO`), no pragmas beyond reading the
-schema. BLOBs come back base64-encoded (JSON has no bytes).
+schema. The same authorizer is how table scopes are enforced: SQLite reports each table a
+statement reads or writes while it compiles it (views and triggers resolved, CTE names
+not mistaken for tables), and the caller's `check` refuses the statement before it runs.
+SQLite's own `sqlite_*` tables are exempt. Values come back as GoatFlow's MySQL driver
+gives them: text and BLOBs as strings (invalid UTF-8 replaced), numbers as numbers.
 
 Caps: a result has at most `max_rows` rows and `max_result_bytes` of values (and no single
 value is longer, `SQLITE_LIMIT_LENGTH`); each plugin's file at most `max_file_bytes`
@@ -15,28 +19,68 @@ than what is left.
 
 from __future__ import annotations
 
-import base64
 import sqlite3
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from ..errors import HostCallError
+from ..errors import HostCallError, PlughostError
 from . import chain
+
+TableCheck = Callable[[Iterable[str], Iterable[str]], None]
 
 _SAFE_PRAGMAS = frozenset({"table_info", "table_xinfo", "table_list", "index_list",
                            "index_info", "index_xinfo", "foreign_key_list"})
 
 
-def _authorize(action: int, arg1: str | None, arg2: str | None, db: str | None,
-               trigger: str | None) -> int:
-    if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
-        return sqlite3.SQLITE_DENY
-    if action == sqlite3.SQLITE_PRAGMA and (arg1 or "").lower() not in _SAFE_PRAGMAS:
-        return sqlite3.SQLITE_DENY
-    if db not in (None, "main", "temp"):
-        return sqlite3.SQLITE_DENY
-    return sqlite3.SQLITE_OK
+_READS = {sqlite3.SQLITE_READ: 1}
+#: action -> which argument names the written table (1 or 2)
+_WRITES = {sqlite3.SQLITE_INSERT: 1, sqlite3.SQLITE_DELETE: 1, sqlite3.SQLITE_UPDATE: 1,
+           sqlite3.SQLITE_CREATE_TABLE: 1, sqlite3.SQLITE_DROP_TABLE: 1,
+           sqlite3.SQLITE_CREATE_TEMP_TABLE: 1, sqlite3.SQLITE_DROP_TEMP_TABLE: 1,
+           sqlite3.SQLITE_ALTER_TABLE: 2, sqlite3.SQLITE_CREATE_INDEX: 2,
+           sqlite3.SQLITE_DROP_INDEX: 2, sqlite3.SQLITE_CREATE_TEMP_INDEX: 2,
+           sqlite3.SQLITE_DROP_TEMP_INDEX: 2, sqlite3.SQLITE_CREATE_VIEW: 1,
+           sqlite3.SQLITE_DROP_VIEW: 1, sqlite3.SQLITE_CREATE_TEMP_VIEW: 1,
+           sqlite3.SQLITE_DROP_TEMP_VIEW: 1, sqlite3.SQLITE_CREATE_TRIGGER: 2,
+           sqlite3.SQLITE_DROP_TRIGGER: 2, sqlite3.SQLITE_CREATE_TEMP_TRIGGER: 2,
+           sqlite3.SQLITE_DROP_TEMP_TRIGGER: 2, sqlite3.SQLITE_CREATE_VTABLE: 1,
+           sqlite3.SQLITE_DROP_VTABLE: 1}
+
+
+class _Authorizer:
+    """SQLite's authorizer for one statement: the sandbox rules, and each table touched
+    handed to `check`; the first refusal is kept to be raised as itself."""
+
+    def __init__(self, check: TableCheck | None) -> None:
+        self.check = check
+        self.refused: PlughostError | None = None
+
+    def __call__(self, action: int, arg1: str | None, arg2: str | None, db: str | None,
+                 trigger: str | None) -> int:
+        if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
+            return sqlite3.SQLITE_DENY
+        if action == sqlite3.SQLITE_PRAGMA and (arg1 or "").lower() not in _SAFE_PRAGMAS:
+            return sqlite3.SQLITE_DENY
+        if db not in (None, "main", "temp"):
+            return sqlite3.SQLITE_DENY
+        if self.check is None:
+            return sqlite3.SQLITE_OK
+        where = _WRITES.get(action) or _READS.get(action)
+        table = (arg1 if where == 1 else arg2) if where else None
+        if not table or table.lower().startswith("sqlite_"):
+            return sqlite3.SQLITE_OK
+        try:
+            if action in _WRITES:
+                self.check((), (table.lower(),))
+            else:
+                self.check((table.lower(),), ())
+        except PlughostError as exc:
+            if self.refused is None:
+                self.refused = exc
+            return sqlite3.SQLITE_DENY
+        return sqlite3.SQLITE_OK
 
 
 def _row(row: sqlite3.Row) -> tuple[dict[str, Any], int]:
@@ -44,8 +88,8 @@ def _row(row: sqlite3.Row) -> tuple[dict[str, Any], int]:
     out: dict[str, Any] = {}
     size = 0
     for k, v in dict(row).items():
-        if isinstance(v, bytes):
-            v = base64.b64encode(v).decode()
+        if isinstance(v, bytes):  # GoatFlow turns []byte columns into strings
+            v = v.decode("utf-8", "replace")
         out[k] = v
         size += len(k) + (len(v) if isinstance(v, str) else 8)
     return out, size
@@ -65,7 +109,8 @@ class SQLiteDB:
         self.max_result_bytes = max_result_bytes
         self.max_file_bytes = max_file_bytes
 
-    def _connect(self, plugin: str, read_only: bool) -> tuple[sqlite3.Connection, float]:
+    def _connect(self, plugin: str, read_only: bool, authorizer: _Authorizer
+                 ) -> tuple[sqlite3.Connection, float]:
         """A connection bounded by the call's deadline; returns it and that deadline."""
         left = chain.path().left()  # dispatch refuses calls with nothing left
         budget = self.timeout if left is None else min(self.timeout, left)
@@ -80,10 +125,13 @@ class SQLiteDB:
         if read_only:
             conn.execute("PRAGMA query_only = ON")
         conn.set_progress_handler(lambda: int(time.monotonic() > end), _PROGRESS_STEPS)
-        conn.set_authorizer(_authorize)
+        conn.set_authorizer(authorizer)
         return conn, end
 
-    def _failed(self, fn: str, plugin: str, exc: sqlite3.Error, end: float) -> HostCallError:
+    def _failed(self, fn: str, plugin: str, exc: sqlite3.Error, end: float,
+                authorizer: _Authorizer) -> PlughostError:
+        if authorizer.refused is not None:
+            return authorizer.refused
         if isinstance(exc, sqlite3.OperationalError) and time.monotonic() > end:
             return HostCallError(f"{fn}: interrupted at the call's deadline", plugin=plugin)
         if "database or disk is full" in str(exc):
@@ -91,8 +139,10 @@ class SQLiteDB:
                                  f"{self.max_file_bytes} bytes)", plugin=plugin)
         return HostCallError(f"{fn}: {exc}", plugin=plugin)
 
-    def query(self, plugin: str, query: str, args: list[Any] | None) -> list[dict[str, Any]]:
-        conn, end = self._connect(plugin, read_only=True)
+    def query(self, plugin: str, query: str, args: list[Any] | None, *,
+              check: TableCheck | None = None) -> list[dict[str, Any]]:
+        auth = _Authorizer(check)
+        conn, end = self._connect(plugin, True, auth)
         out: list[dict[str, Any]] = []
         size = 0
         try:
@@ -109,17 +159,20 @@ class SQLiteDB:
                     raise HostCallError(f"db_query: result larger than "
                                         f"{self.max_result_bytes} bytes", plugin=plugin)
         except sqlite3.Error as exc:
-            raise self._failed("db_query", plugin, exc, end) from None
+            raise self._failed("db_query", plugin, exc, end, auth) from None
         finally:
             conn.close()
         return out
 
-    def execute(self, plugin: str, query: str, args: list[Any] | None) -> dict[str, Any]:
-        conn, end = self._connect(plugin, read_only=False)
+    def execute(self, plugin: str, query: str, args: list[Any] | None, *,
+                check: TableCheck | None = None) -> int:
+        """Rows affected (GoatFlow exposes no last-insert id)."""
+        auth = _Authorizer(check)
+        conn, end = self._connect(plugin, False, auth)
         try:
             cur = conn.execute(query, args or [])
-            return {"rows_affected": cur.rowcount, "last_insert_id": cur.lastrowid}
+            return max(0, cur.rowcount)
         except sqlite3.Error as exc:
-            raise self._failed("db_exec", plugin, exc, end) from None
+            raise self._failed("db_exec", plugin, exc, end, auth) from None
         finally:
             conn.close()

@@ -1,76 +1,121 @@
-"""The built-in host functions (docs/plugin-authors.md): argument shapes (GoatFlow's) and
-their checks.
+"""The built-in host functions that need no backend: GoatFlow's names, argument shapes and
+result shapes (docs/plugin-authors.md, "Host functions").
 
-Each handler gets the caller's `HostContext` and the decoded JSON args, validates them,
-and calls a `HostAPI` backend. Permissions are checked before a handler runs (dispatch.py).
+Each handler gets the caller's `HostContext` and the decoded JSON args, checks them, and
+returns what GoatFlow returns; dispatch writes it as Go's JSON. Arguments are read as Go
+reads them into its structs: a key matches case-insensitively, unknown keys are ignored,
+a missing key is the zero value, a wrong type is an error.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime
 import json
 import logging
-import re
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..errors import HostCallError, PlughostError
+from ..errors import HostCallError, PlughostError, PluginDisabled, PluginNotFound
 from . import chain
-from .api import HostAPI, HostSettings
-from .http import check_url
+from .api import HostAPI
+from .gojson import raw_member
 
 if TYPE_CHECKING:
     from .dispatch import HostContext, HostFunctions
 
+_ZERO: dict[type, Any] = {str: "", int: 0, float: 0.0, bool: False, dict: None, list: None}
 
-def _obj(ctx: HostContext, args: Any, fn: str, shape: str) -> dict[str, Any]:
+
+def args_object(ctx: HostContext, args: Any, fn: str) -> dict[str, Any]:
     if not isinstance(args, dict):
-        raise HostCallError(f"{fn}: expected {shape}", plugin=ctx.plugin)
+        raise HostCallError(f"{fn}: the arguments must be a JSON object",
+                            plugin=ctx.plugin)
     return args
 
 
-def _str(ctx: HostContext, args: dict[str, Any], key: str, fn: str) -> str:
-    v = args.get(key)
-    if not isinstance(v, str) or not v:
+def field(ctx: HostContext, a: dict[str, Any], key: str, kind: type, fn: str,
+          *, required: bool = False) -> Any:
+    """`a[key]` as Go's decoder finds it (exact key first, then case-insensitively), of
+    `kind`; absent or null: Go's zero value (or an error when `required`)."""
+    value = a.get(key)
+    if value is None and key not in a:
+        lowered = key.lower()
+        value = next((v for k, v in a.items() if k.lower() == lowered), None)
+    if value is None:
+        if required:
+            raise HostCallError(f"{fn}: {key!r} is required", plugin=ctx.plugin)
+        return _ZERO[kind]
+    ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if kind is int and isinstance(value, float) and value.is_integer():
+        value, ok = int(value), True
+    if not ok:
+        raise HostCallError(f"{fn}: {key!r} must be {_KIND_NAMES[kind]}", plugin=ctx.plugin)
+    if required and kind is str and not value:
         raise HostCallError(f"{fn}: {key!r} must be a non-empty string", plugin=ctx.plugin)
-    return v
+    return value
 
 
-_SCALARS = (str, int, float, type(None))
-_ADDRESS = re.compile(r"[^@\s,;<>\"']+@[^@\s,;<>\"']+\.?[^@\s,;<>\"']*")
-_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+_KIND_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+               dict: "an object", list: "an array"}
 
 
-def _sql_args(ctx: HostContext, a: dict[str, Any], fn: str) -> list[Any]:
-    args = a.get("args")
-    if args is None:
-        return []
-    if not isinstance(args, list) or not all(isinstance(v, _SCALARS) for v in args):
-        raise HostCallError(f"{fn}: 'args' must be a list of strings, numbers, booleans or "
-                            "nulls", plugin=ctx.plugin)
-    return args
+def b64(ctx: HostContext, a: dict[str, Any], key: str, fn: str) -> bytes | None:
+    """A Go `[]byte` field: standard padded base64; None when absent or null."""
+    text = field(ctx, a, key, str, fn) if a.get(key) is not None else None
+    if text is None:
+        return None
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise HostCallError(f"{fn}: {key!r} must be standard base64 (a Go []byte)",
+                            plugin=ctx.plugin) from None
 
 
-def log(ctx: HostContext, args: Any) -> None:
-    a = _obj(ctx, args, "log", '{"level": ..., "message": "..."}')
-    if not isinstance(a.get("message"), str):
-        raise HostCallError('log: expected {"level": ..., "message": "..."}', plugin=ctx.plugin)
-    level = a.get("level", "info")
-    names = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
-             "warning": logging.WARNING, "error": logging.ERROR}
-    if isinstance(level, int) and not isinstance(level, bool):
+def b64text(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode()
+
+
+# -- no permission needed ---------------------------------------------------------------
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
+           "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def log(ctx: HostContext, args: Any) -> dict[str, bool]:
+    """`{"level", "message", "fields"}`: a line in the plugin's log; any unknown level is
+    info, as in GoatFlow. Fields are appended as `key=value`."""
+    a = args_object(ctx, args, "log")
+    level = a.get("level")
+    if isinstance(level, int) and not isinstance(level, bool):  # plughost's numeric levels
         lvl = {0: logging.DEBUG, 1: logging.INFO, 2: logging.WARNING}.get(level, logging.ERROR)
-    elif isinstance(level, str) and level.lower() in names:
-        lvl = names[level.lower()]
     else:
-        raise HostCallError(f"log: unknown level {level!r}", plugin=ctx.plugin)
-    ctx.log.log(lvl, a["message"], source="plugin")
+        lvl = _LEVELS.get(str(level or "info").lower(), logging.INFO)
+    message = field(ctx, a, "message", str, "log")
+    fields = field(ctx, a, "fields", dict, "log") or {}
+    if fields:
+        message += " " + " ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
+                                  for k, v in sorted(fields.items()))
+    ctx.log.log(lvl, message, source="plugin")
+    return {"ok": True}
 
 
-def config_get(ctx: HostContext, args: Any) -> Any:
-    a = _obj(ctx, args, "config_get", '{"key": "..."}')
-    return ctx.config.get(_str(ctx, a, "key", "config_get"))
+def config_get(ctx: HostContext, args: Any, app_config: dict[str, str] | None = None
+               ) -> dict[str, Any]:
+    """`{"key"}` -> `{"value"}`: the plugin's own `config:` first, then the host's
+    (`app.name`, `app.timezone`, `app.env`); the key rules come first."""
+    a = args_object(ctx, args, "config_get")
+    key = field(ctx, a, "key", str, "config_get", required=True)
+    ctx.granted.check_config_key(key)
+    if key in ctx.config:
+        return {"value": ctx.config[key]}
+    if app_config is not None and key in app_config:
+        return {"value": app_config[key]}
+    raise HostCallError(f"unknown config key: {key}", plugin=ctx.plugin)
 
 
 def go_rfc3339_nano(ns: int, offset_seconds: int) -> str:
@@ -90,149 +135,120 @@ def go_rfc3339_nano(ns: int, offset_seconds: int) -> str:
 
 
 def time_now(ctx: HostContext, args: Any) -> dict[str, str]:
-    """GoatFlow's `time_now`: the host's local time, `{"now": RFC 3339 with nanoseconds and
-    offset}` as Go formats it. Arguments are ignored; no permission is needed."""
+    """`{"now": RFC 3339 with nanoseconds and offset}`, the host's local time as Go
+    formats it. Arguments are ignored."""
     ns = time.time_ns()
     offset = datetime.datetime.fromtimestamp(ns // 1_000_000_000).astimezone().utcoffset()
     return {"now": go_rfc3339_nano(ns, int(offset.total_seconds()) if offset else 0)}
 
 
-def translate(ctx: HostContext, args: Any) -> str:
-    """`{"key", "lang"?, "args"?}` -> text from the registration's i18n, falling back to
-    English, then to the key itself. `{name}` placeholders are filled from `args`."""
-    a = _obj(ctx, args, "translate", '{"key": "...", "lang": "en", "args": {}}')
-    key = _str(ctx, a, "key", "translate")
-    lang = a.get("lang") or "en"
-    values = a.get("args") or {}
-    if not isinstance(lang, str) or not isinstance(values, dict):
-        raise HostCallError("translate: 'lang' must be a string and 'args' an object",
-                            plugin=ctx.plugin)
-    text = key
-    for candidate in (lang, lang.split("-")[0], "en"):
-        table = ctx.i18n.get(candidate)
-        if isinstance(table, dict) and isinstance(table.get(key), str):
-            text = table[key]
-            break
-    # One pass over plain {name} placeholders: filled values are never substituted again,
-    # and nothing else of str.format (attributes, indexing, format specs) is exposed.
-    return _PLACEHOLDER.sub(lambda m: str(values[m[1]]) if m[1] in values else m[0], text)
+def org_id(ctx: HostContext, args: Any) -> int:
+    """The call's organisation id (its `_org_id`), 0 when none: a bare JSON number."""
+    return chain.path().org_id
 
 
-def make_backend_functions(api: HostAPI, settings: HostSettings | None = None
-                           ) -> dict[str, tuple[str, Callable[..., Any]]]:
-    """db_*, cache_*, http_request, send_email bound to `api`: name -> (permission, fn).
+def make_translate(table: HostFunctions) -> Callable[..., Any]:
+    def translate(ctx: HostContext, args: Any) -> dict[str, str]:
+        """`{"key", "args": [..]}` -> `{"value"}` in the call's language (host/i18n.py);
+        `lang` in the args (plughost's) overrides it."""
+        a = args_object(ctx, args, "translate")
+        key = field(ctx, a, "key", str, "translate", required=True)
+        positional = a.get("args") or []
+        if isinstance(positional, dict):  # plughost's older {name} placeholders
+            return {"value": _named(table.translations.translate(
+                key, _lang(ctx, a), (), (ctx.plugin, ctx.i18n)), positional)}
+        if not isinstance(positional, list):
+            raise HostCallError("translate: 'args' must be an array", plugin=ctx.plugin)
+        return {"value": table.translations.translate(key, _lang(ctx, a), positional,
+                                                      (ctx.plugin, ctx.i18n))}
 
-    The argument caps (mail sizes) come from `settings`, so they hold for an application's
-    own backend too."""
-    caps = settings or HostSettings()
-
-    def db_query(ctx: HostContext, args: Any) -> Any:
-        a = _obj(ctx, args, "db_query", '{"query": "...", "args": [...]}')
-        return api.db_query(ctx.plugin, _str(ctx, a, "query", "db_query"),
-                            _sql_args(ctx, a, "db_query"))
-
-    def db_exec(ctx: HostContext, args: Any) -> Any:
-        a = _obj(ctx, args, "db_exec", '{"query": "...", "args": [...]}')
-        return api.db_exec(ctx.plugin, _str(ctx, a, "query", "db_exec"),
-                           _sql_args(ctx, a, "db_exec"))
-
-    def cache_get(ctx: HostContext, args: Any) -> Any:
-        a = _obj(ctx, args, "cache_get", '{"key": "..."}')
-        return api.cache_get(ctx.plugin, _str(ctx, a, "key", "cache_get"))
-
-    def cache_set(ctx: HostContext, args: Any) -> Any:
-        a = _obj(ctx, args, "cache_set", '{"key": "...", "value": ..., "ttl": seconds}')
-        ttl = a.get("ttl")
-        if ttl is not None and (not isinstance(ttl, int | float) or isinstance(ttl, bool)
-                                or ttl < 0):
-            raise HostCallError("cache_set: 'ttl' must be a number of seconds",
-                                plugin=ctx.plugin)
-        try:
-            api.cache_set(ctx.plugin, _str(ctx, a, "key", "cache_set"), a.get("value"), ttl)
-        except ValueError as exc:
-            raise HostCallError(f"cache_set: {exc}", plugin=ctx.plugin) from None
-        return None
-
-    def cache_delete(ctx: HostContext, args: Any) -> Any:
-        a = _obj(ctx, args, "cache_delete", '{"key": "..."}')
-        return api.cache_delete(ctx.plugin, _str(ctx, a, "key", "cache_delete"))
-
-    def http_request(ctx: HostContext, args: Any) -> Any:
-        a = _obj(ctx, args, "http_request", '{"method": "GET", "url": "...", ...}')
-        headers = a.get("headers") or {}
-        body = a.get("body")
-        if not isinstance(headers, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
-            raise HostCallError("http_request: 'headers' must map strings to strings",
-                                plugin=ctx.plugin)
-        if body is not None and not isinstance(body, str):
-            body = json.dumps(body)
-        timeout = a.get("timeout")
-        left = chain.path().left()  # never outlive the call that asked
-        if left is not None:
-            timeout = min(float(timeout), left) if isinstance(timeout, int | float) else left
-        url = _str(ctx, a, "url", "http_request")
-        check_url(ctx.plugin, url, ctx.allowed_hosts)  # here, so app backends get it too
-        return api.http_request(ctx.plugin, ctx.allowed_hosts, str(a.get("method") or "GET"),
-                                url, headers, body,
-                                float(timeout) if isinstance(timeout, int | float) else None)
-
-    def send_email(ctx: HostContext, args: Any) -> Any:
-        a = _obj(ctx, args, "send_email", '{"to": ..., "subject": "...", "body": "..."}')
-        to = a.get("to")
-        recipients = [to] if isinstance(to, str) else to
-        if not isinstance(recipients, list) or not recipients or not all(
-                isinstance(r, str) and _ADDRESS.fullmatch(r) for r in recipients):
-            raise HostCallError("send_email: 'to' must be an address or a list of them",
-                                plugin=ctx.plugin)
-        if len(recipients) > caps.mail_max_recipients:
-            raise HostCallError(f"send_email: {len(recipients)} recipients, more than the "
-                                f"cap of {caps.mail_max_recipients}", plugin=ctx.plugin)
-        html = a.get("html")
-        html = html if isinstance(html, str) else None
-        subject, body = str(a.get("subject") or ""), str(a.get("body") or "")
-        if len(subject) > caps.mail_max_subject or "\n" in subject or "\r" in subject:
-            raise HostCallError(f"send_email: 'subject' must be one line of at most "
-                                f"{caps.mail_max_subject} characters", plugin=ctx.plugin)
-        size = len(body.encode()) + len((html or "").encode())
-        if size > caps.mail_max_body_bytes:
-            raise HostCallError(f"send_email: body of {size} bytes, more than the cap of "
-                                f"{caps.mail_max_body_bytes}", plugin=ctx.plugin)
-        api.send_email(ctx.plugin, recipients, subject, body, html)
-        return {"sent": True}
-
-    return {
-        "db_query": ("db.read", db_query), "db_exec": ("db.write", db_exec),
-        "cache_get": ("cache", cache_get), "cache_set": ("cache", cache_set),
-        "cache_delete": ("cache", cache_delete),
-        "http_request": ("http", http_request), "send_email": ("email", send_email),
-    }
+    return translate
 
 
-def make_plugin_call(table: HostFunctions, max_depth: int) -> Callable[..., Any]:
+def _lang(ctx: HostContext, a: dict[str, Any]) -> str:
+    lang = a.get("lang")
+    return lang if isinstance(lang, str) and lang else chain.path().lang or "en"
+
+
+def _named(text: str, values: dict[str, Any]) -> str:
+    import re
+
+    return re.sub(r"\{(\w+)\}", lambda m: str(values[m[1]]) if m[1] in values else m[0],
+                  text)
+
+
+def publish_event(ctx: HostContext, args: Any) -> dict[str, str]:
+    """`{"channel", "event_type", "data"}` -> `{"status": "ok"}`: a `plugin_event` to
+    the manager's listeners (the server streams it)."""
+    a = args_object(ctx, args, "publish_event")
+    channel = field(ctx, a, "channel", str, "publish_event")
+    event_type = field(ctx, a, "event_type", str, "publish_event")
+    data = a.get("data")
+    text = data if isinstance(data, str) else "" if data is None else json.dumps(data)
+    if len(text) > 64 * 1024:
+        raise HostCallError("publish_event: 'data' is larger than 64 KiB", plugin=ctx.plugin)
+    if ctx.caller is None:
+        raise HostCallError("SSE broker not available", plugin=ctx.plugin)
+    ctx.caller.publish(ctx.plugin, channel, event_type, text)
+    return {"status": "ok"}
+
+
+def make_secure_config(api: HostAPI) -> dict[str, Callable[..., Any]]:
+    def secure_config_get(ctx: HostContext, args: Any) -> dict[str, str]:
+        a = args_object(ctx, args, "secure_config_get")
+        key = field(ctx, a, "key", str, "secure_config_get", required=True)
+        return {"value": api.secure_config_get(ctx.plugin, chain.path().org_id, key)}
+
+    def secure_config_set(ctx: HostContext, args: Any) -> dict[str, str]:
+        a = args_object(ctx, args, "secure_config_set")
+        key = field(ctx, a, "key", str, "secure_config_set", required=True)
+        value = field(ctx, a, "value", str, "secure_config_set")
+        api.secure_config_set(ctx.plugin, chain.path().org_id, key, value)
+        return {"status": "ok"}
+
+    return {"secure_config_get": secure_config_get, "secure_config_set": secure_config_set}
+
+
+# -- plugin_call --------------------------------------------------------------------------
+
+
+def make_plugin_call(max_depth: int) -> Callable[..., Any]:
     """`plugin_call`: another plugin, through the manager, with a depth limit (cycles are
-    the call chain's rule: the manager refuses them with `CallCycle`)."""
+    the call chain's rule: the manager refuses them with `CallCycle`). The target's answer
+    is passed back as its raw bytes."""
+    from .dispatch import Raw
 
-    def plugin_call(ctx: HostContext, args: Any) -> Any:
-        a = _obj(ctx, args, "plugin_call", '{"plugin": "...", "function": "...", "args": ...}')
-        target = _str(ctx, a, "plugin", "plugin_call")
-        function = _str(ctx, a, "function", "plugin_call")
+    def plugin_call(ctx: HostContext, args: Any) -> Raw:
+        a = args_object(ctx, args, "plugin_call")
+        target = field(ctx, a, "plugin", str, "plugin_call", required=True)
+        function = field(ctx, a, "function", str, "plugin_call", required=True)
+        ctx.granted.check_target(target)
         call_path = chain.path()
         path = call_path.plugins or (ctx.plugin,)
         if len(path) >= max_depth:
-            raise HostCallError(f"plugin_call: call depth {len(path)} reaches the limit of "
-                                f"{max_depth} ({' -> '.join(path)})", plugin=ctx.plugin)
+            raise HostCallError(f"plugin call depth exceeded (max {max_depth}): "
+                                f"{' -> '.join(path)} -> {target}", plugin=ctx.plugin)
         manager = ctx.caller
         if manager is None:  # a plugin started outside a manager (e.g. by hand)
             raise HostCallError("plugin_call: this plugin runs outside a manager",
                                 plugin=ctx.plugin)
-        payload = json.dumps(a.get("args") if a.get("args") is not None else {}).encode()
+        # the args go to the target as written (Go's json.RawMessage), not re-encoded
+        from .dispatch import raw_args
+
+        given = raw_member(raw_args(), "args")
+        payload = b"{}" if given is None or given == b"null" else given
         try:
-            with chain.using(chain.CallPath(path, call_path.deadline)):
-                raw = manager.call_raw(target, function, payload)
+            with chain.using(chain.CallPath(path, call_path.deadline, call_path.lang,
+                                            call_path.org_id)):
+                return Raw(manager.call_raw(target, function, payload))
+        except PluginNotFound:  # GoatFlow's words for the two a caller can act on
+            raise HostCallError(f'plugin "{target}" not found (required by "{ctx.plugin}" '
+                                f'to call "{function}")', plugin=ctx.plugin) from None
+        except PluginDisabled:
+            raise HostCallError(f'plugin "{target}" is disabled (required by '
+                                f'"{ctx.plugin}")', plugin=ctx.plugin) from None
         except PlughostError as exc:
             raise HostCallError(f"plugin_call {target}.{function} failed: "
                                 f"{type(exc).__name__}: {exc}", plugin=ctx.plugin) from None
-        return json.loads(raw) if raw else None
 
     return plugin_call

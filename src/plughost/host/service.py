@@ -21,6 +21,7 @@ from ..proto.plughost.v1 import plugin_pb2 as pb
 from ..proto.plughost.v1 import plugin_pb2_grpc as pb_grpc
 from . import chain
 from .dispatch import HostContext, HostFunctions
+from .grants import wire_text
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class _HostServicer(pb_grpc.HostServicer):
                                           ctx.plugin)):  # its plugins and its deadline
                 result = self._host.dispatch(ctx, request.function, request.args)
         except HostCallError as exc:
-            return pb.HostCallResponse(error=exc.message)
+            return pb.HostCallResponse(error=wire_text(exc))  # GoatFlow's words
         except Exception as exc:  # never let a host bug look like a network failure
             logger.exception("HostCall %s from %s failed", request.function, ctx.plugin)
             return pb.HostCallResponse(error=f"{request.function}: host error: {exc}")

@@ -23,7 +23,7 @@ class PluginBase:
         self._registration: Registration | None = None
         self.call_timeout = source.manifest.resources.call_timeout_ms / 1000
         # Until the plugin has registered, its host calls get no permissions.
-        self.host_context = HostContext(plugin=source.name, permissions=frozenset(), log=log)
+        self.host_context = HostContext(plugin=source.name, log=log, caller=caller)
 
     @property
     def name(self) -> str:
@@ -43,8 +43,15 @@ class PluginBase:
         return self._log
 
     def _context(self, registration: Registration) -> HostContext:
-        """The host's view of this plugin once it has registered."""
-        return context_for(self._source, self._log, registration, self._caller)
+        """The host's view of this plugin once it has registered (its rate windows carry
+        over within one load)."""
+        return context_for(self._source, self._log, registration, self._caller,
+                           self.host_context.rates)
+
+    def refresh_grants(self) -> None:
+        """Apply the operator's current policy now (`Manager.set_policy`)."""
+        if self._registration is not None:
+            self.host_context = self._context(self._registration)
 
     def _release_private_copy(self) -> None:
         """A version owns its private copy; call last in `shutdown()`."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import threading
@@ -104,9 +105,45 @@ class HostClient:
         except grpc.RpcError as exc:
             raise HostError(f"log: host unreachable: {exc.code().name}") from None
 
+    # Typed helpers over `call`, one per built-in host function whose shape needs
+    # unwrapping (GoatFlow's shapes: base64 bytes, {"value": ...} wrappers). `call` is
+    # always there for the rest and for an application's own functions.
+
     def config_get(self, key: str) -> Any:
-        """The manifest's `config[key]` (needs the `config` permission)."""
-        return self.call("config_get", {"key": key})
+        """`config[key]` from the manifest, or the host's `app.*` keys (needs a `config`
+        grant covering the key)."""
+        return self.call("config_get", {"key": key})["value"]
+
+    def cache_get(self, key: str) -> bytes | None:
+        """The cached bytes, or None on a miss."""
+        got = self.call("cache_get", {"key": key})
+        return base64.b64decode(got["value"]) if got["found"] else None
+
+    def cache_set(self, key: str, value: bytes, ttl: float = 0) -> None:
+        self.call("cache_set", {"key": key, "value": base64.b64encode(value).decode(),
+                                "ttl": ttl})
+
+    def db_query(self, query: str, *args: Any) -> list[dict[str, Any]]:
+        return self.call("db_query", {"query": query, "args": list(args)}) or []
+
+    def db_exec(self, query: str, *args: Any) -> int:
+        """Rows affected."""
+        return int(self.call("db_exec", {"query": query, "args": list(args)})["affected"])
+
+    def http_request(self, method: str, url: str, headers: dict[str, str] | None = None,
+                     body: bytes | None = None) -> tuple[int, bytes]:
+        """`(status, body)`."""
+        got = self.call("http_request", {
+            "method": method, "url": url, "headers": headers or {},
+            "body": None if body is None else base64.b64encode(body).decode()})
+        return int(got["status"]), base64.b64decode(got["body"] or "")
+
+    def translate(self, key: str, *args: Any) -> str:
+        return str(self.call("translate", {"key": key, "args": list(args)})["value"])
+
+    def publish_event(self, channel: str, event_type: str, data: str) -> None:
+        self.call("publish_event", {"channel": channel, "event_type": event_type,
+                                    "data": data})
 
 
 #: The host of the running plugin.

@@ -28,7 +28,10 @@ RECOVERY_KINDS: frozenset[EventKind] = frozenset({"load", "reload"})
 
 
 def event_json(event: Event) -> dict[str, Any]:
-    return dataclasses.asdict(event)
+    data = dataclasses.asdict(event)
+    if event.kind != "plugin_event":  # only a plugin's own event has a channel and type
+        del data["channel"], data["event_type"]
+    return data
 
 
 class _Client:
@@ -138,7 +141,8 @@ class EventHub:
 class EventStream(Response):
     """`text/event-stream` of manager events until the client leaves or the hub closes.
 
-    Each event is one `data: {"kind", "plugin", "time", "detail"}` message; a comment line
+    Each event is one `data: {"kind", "plugin", "time", "detail"}` message (a
+    `plugin_event` adds `channel` and `event_type`; its data is `detail`); a comment line
     every `keepalive` seconds keeps proxies from closing an idle stream; `event: dropped`
     tells a slow client how many events it lost (it should re-read /api/plugins).
     """
