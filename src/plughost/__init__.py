@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 if TYPE_CHECKING:  # the same names, for type checkers (`X as X` re-exports them)
+    from .discovery import DiscoveredPlugin as DiscoveredPlugin
     from .errors import CallCycle as CallCycle
     from .errors import HostCallError as HostCallError
     from .errors import ManifestError as ManifestError
@@ -41,7 +42,6 @@ if TYPE_CHECKING:  # the same names, for type checkers (`X as X` re-exports them
     from .host import HostFunctions as HostFunctions
     from .host import HostSettings as HostSettings
     from .host import default_host_functions as default_host_functions
-    from .loader import DiscoveredPlugin as DiscoveredPlugin
     from .loader import Loader as Loader
     from .logs import LogRecord as LogRecord
     from .logs import PluginLog as PluginLog
@@ -63,7 +63,7 @@ if TYPE_CHECKING:  # the same names, for type checkers (`X as X` re-exports them
 
 _EXPORTS = {
     "DefaultHostAPI": ".host",
-    "DiscoveredPlugin": ".loader",
+    "DiscoveredPlugin": ".discovery",
     "Event": ".manager",
     "HostAPI": ".host",
     "HostCallError": ".errors",

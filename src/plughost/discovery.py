@@ -258,3 +258,21 @@ def scan_single(path: Path, name: str) -> Found:
         return Found(name, path, "wasm", error=PluginNotFound("no such file", plugin=name,
                                                               path=path))
     return single_file(path, name, "wasm")
+
+
+@dataclass(frozen=True)
+class DiscoveredPlugin:
+    """A plugin found on disk; `loaded`/`loaded_at` are read from the manager's registry.
+
+    `error` is why it cannot serve: its discovery error, else its last failed load (while it
+    is not loaded; a version still serving after a failed reload is not an error here).
+    """
+
+    name: str
+    path: Path
+    type: Kind
+    loaded: bool
+    loaded_at: float | None
+    manifest: Manifest | None
+    error: PlughostError | None
+    warnings: tuple[str, ...] = field(default_factory=tuple)

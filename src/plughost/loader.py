@@ -12,11 +12,11 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .discovery import Found, bare_manifest, resolve, scan_single, walk
+from .discovery import DiscoveredPlugin, Found, resolve, scan_single, walk
 from .errors import (
     PlughostError,
     PluginLoadError,
@@ -26,12 +26,12 @@ from .errors import (
 from .host import chain
 from .host.policy import Policy
 from .identity import Identities
-from .logs import PluginLog
 from .manager import Manager
-from .manifest import Manifest, load_manifest
+from .manifest import load_manifest
+from .naming import Naming
 from .packaging import PackageLimits
-from .plugin import Identifying, Kind, Plugin, Runtime, Staged, StartContext
-from .reconcile import Action, plan
+from .plugin import Plugin, Runtime, StartContext
+from .reconcile import Action, carry_out, plan
 from .runtimes.base import release_private_copy
 from .runtimes.grpc import GrpcRuntime
 from .runtimes.sandbox import Sandbox, SandboxMode
@@ -49,25 +49,7 @@ logger = logging.getLogger(__name__)
 LOAD_RETRY_AFTER = 5.0
 
 
-@dataclass(frozen=True)
-class DiscoveredPlugin:
-    """A plugin found on disk; `loaded`/`loaded_at` are read from the manager's registry.
-
-    `error` is why it cannot serve: its discovery error, else its last failed load (while it
-    is not loaded; a version still serving after a failed reload is not an error here).
-    """
-
-    name: str
-    path: Path
-    type: Kind
-    loaded: bool
-    loaded_at: float | None
-    manifest: Manifest | None
-    error: PlughostError | None
-    warnings: tuple[str, ...] = field(default_factory=tuple)
-
-
-class Loader:
+class Loader(Naming):
     """Discovery and loading for one plugin directory (docs/architecture.md)."""
 
     def __init__(self, plugin_dir: str | Path, manager: Manager, *, lazy: bool = False,
@@ -168,58 +150,6 @@ class Loader:
             found.setdefault(f.name, f)
         self._found = found
         return results
-
-    def _identify(self, found: Found) -> Found:
-        """Ask a provisional bare module its name; returns its entry under that name (or
-        raises why it cannot be named or loaded, e.g. the name belongs to another plugin)."""
-        try:
-            staged = self.stager.stage(found)
-            name = self._registered_name(found, staged)
-        except Exception as exc:
-            if not isinstance(exc, PlughostError):  # a bug of ours: still this module's
-                logger.exception("unexpected error asking %s its name", found.path)
-                exc = PluginLoadError(f"unexpected error: {exc!r}", plugin=found.name,
-                                      path=found.path)
-            self._could_not_ask(found, exc)
-            raise exc from None
-        entry = self._named(found, name)
-        if entry is None:
-            raise PluginNotFound("disappeared while it was being named", plugin=found.name,
-                                 path=found.path)
-        return entry
-
-    def _named(self, found: Found, name: str) -> Found | None:
-        """Learn that the module at `found.path` registers as `name`; its entry under that
-        name (None if it is gone), or raise why that name is not its to have."""
-        self.identities.learn(found.path, name)
-        with self._lock:
-            self._derive()
-            entry = next((f for f in self._all if f.path == found.path), None)
-        if entry is not None and entry.error is not None:
-            raise entry.error
-        return entry
-
-    def _could_not_ask(self, found: Found, exc: PlughostError) -> None:
-        logger.warning("cannot ask %s its name: %s", found.path, exc)
-        self.identities.could_not_ask(found.path, exc)
-        with self._lock:
-            self._derive()
-            owner = self._found.get(found.name)
-        # In the stem's log and events only while no other plugin has that name.
-        if owner is not None and owner.path == found.path:
-            self.manager.log_for(found.name).error(f"load failed: {exc.message}",
-                                                   source="host")
-            self.manager.emit("error", found.name, str(exc))
-
-    def _registered_name(self, found: Found, staged: Staged) -> str:
-        runtime = self.runtimes.get("wasm")
-        if not isinstance(runtime, Identifying):
-            raise PluginLoadError("this loader's wasm runtime cannot name a bare module",
-                                  plugin=found.name, path=found.path)
-        # Started only to be asked its name: its host calls get nothing, as GoatFlow's
-        # get nothing during gk_register, and its output is not kept.
-        return runtime.identify(staged, StartContext(
-            host=self.manager.host, log=PluginLog(found.name), verified=self.stager.require))
 
     def _records(self) -> list[Found]:
         """The raw discovery records, one per name (for sync's before/after)."""
@@ -463,28 +393,10 @@ class Loader:
             actions = plan(before, after, changed, lazy=self.lazy,
                            loaded=lambda name: self.manager.get(name) is not None)
         for action in actions:
-            self._carry_out(action)
+            carry_out(action, self)
         return actions
 
-    def _carry_out(self, action: Action) -> None:
-        name = action.name
-        if action.kind == "report":
-            assert action.error is not None
-            self._not_applied(name, action.error, emit=True)
-            return
-        fn = {"remove": self.forget, "load": self.ensure_loaded, "reload": self.reload}[
-            action.kind]
-        try:
-            fn(name)
-            logger.info("sync: %s %s", action.kind, name)
-        except PlughostError as exc:  # the load path already published its error event
-            self._not_applied(name, exc, emit=False)
-        except Exception as exc:  # a bug of ours: this plugin's error; the batch goes on
-            logger.exception("sync: %s %s failed", action.kind, name)
-            self._not_applied(name, PluginLoadError(f"unexpected error: {exc!r}",
-                                                    plugin=name), emit=True)
-
-    def _not_applied(self, name: str, exc: PlughostError, *, emit: bool) -> None:
+    def not_applied(self, name: str, exc: PlughostError, *, emit: bool) -> None:
         logger.warning("sync: %s: %s", name, exc)
         self.manager.log_for(name).error(f"change not applied: {exc}", source="host")
         if emit:
@@ -606,26 +518,6 @@ class Loader:
         if staged.note:
             log.warning(staged.note, source="host")
         return plugin
-
-
-    def _same_name(self, found: Found, staged: Staged) -> Staged:
-        """A bare module must still register as the name it is known by: a running one is
-        not renamed by a reload (`NameChanged`); one not loaded is known by its new name
-        from now on, and is refused if that name is another plugin's."""
-        name = self._registered_name(found, staged)
-        if name == found.name:
-            return staged
-        running = self.manager.get(found.name)
-        if running is not None and running.source.path == found.path:
-            release_private_copy(staged.source)
-            raise Identities.changed(found, name)
-        try:
-            self._named(found, name)
-        except PlughostError:
-            release_private_copy(staged.source)
-            raise
-        return replace(staged, source=replace(staged.source, name=name,
-                                              manifest=bare_manifest(name)))
 
 
 def _unavailable(name: str, cause: PlughostError) -> PluginUnavailable:

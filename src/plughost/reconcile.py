@@ -16,15 +16,18 @@ and new subdirectories are combinations of the three cases.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from .discovery import Found
-from .errors import PlughostError
+from .errors import PlughostError, PluginLoadError
 from .manifest import MANIFEST_FILE
 from .signing import DIR_SIGNATURE, sidecar
+
+logger = logging.getLogger(__name__)
 
 ActionKind = Literal["remove", "load", "reload", "report"]
 
@@ -71,3 +74,36 @@ def touches(changed: set[Path], found: Found) -> bool:
         if found.manifest is not None:
             owned.add(found.manifest.entry.absolute())
     return any(p.absolute() in owned for p in changed)
+
+
+class Target(Protocol):
+    """What carrying out a plan needs (the `Loader` implements it)."""
+
+    def forget(self, name: str) -> None: ...
+
+    def ensure_loaded(self, name: str) -> None: ...
+
+    def reload(self, name: str) -> None: ...
+
+    def not_applied(self, name: str, exc: PlughostError, *, emit: bool) -> None: ...
+
+
+def carry_out(action: Action, target: Target) -> None:
+    """Do one action of a plan. Its failure is that plugin's (logged, and evented unless
+    the load path already published it); the rest of the batch goes on."""
+    name = action.name
+    if action.kind == "report":
+        assert action.error is not None
+        target.not_applied(name, action.error, emit=True)
+        return
+    fn = {"remove": target.forget, "load": target.ensure_loaded,
+          "reload": target.reload}[action.kind]
+    try:
+        fn(name)
+        logger.info("sync: %s %s", action.kind, name)
+    except PlughostError as exc:  # the load path already published its error event
+        target.not_applied(name, exc, emit=False)
+    except Exception as exc:  # a bug of ours: this plugin's error; the batch goes on
+        logger.exception("sync: %s %s failed", action.kind, name)
+        target.not_applied(name, PluginLoadError(f"unexpected error: {exc!r}", plugin=name),
+                            emit=True)
