@@ -906,10 +906,15 @@ def test_email_rate_limit_is_a_fixed_ten_per_minute(
               policies={"mailer": {"max_db_queries_per_min": 0, "max_http_req_per_min": 0}})
     load(m, plugins, engine, 1)
     mail = {"to": "a@example.com", "subject": "s", "body": "b"}
-    for _ in range(10):
+    for _ in range(7):
         assert ok(m, "mailer", "send_email", mail) == b'{"ok":true}'
+    # a message to several counts once per recipient, all or nothing
+    four = {**mail, "to": [f"u{i}@example.com" for i in range(4)]}
+    refused(m, "mailer", "send_email", four, "email rate limit exceeded")
+    three = {**mail, "to": [f"u{i}@example.com" for i in range(3)]}
+    assert ok(m, "mailer", "send_email", three) == b'{"ok":true}'
     refused(m, "mailer", "send_email", mail, "email rate limit exceeded")
-    assert len(smtp_server[1].received) == 10
+    assert len(smtp_server[1].received) == 8
 
 
 # -- db_exec / db_query ------------------------------------------------------------------------

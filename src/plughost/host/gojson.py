@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import secrets
 from decimal import Decimal
 from typing import Any
 
@@ -53,45 +54,45 @@ def shortest(x: float) -> tuple[str, int]:
     return digits.rstrip("0") or "0", len(digits) + t.exponent - 1
 
 
-def _encode(value: Any, out: list[str]) -> None:
-    if value is None:
-        out.append("null")
-    elif value is True:
-        out.append("true")
-    elif value is False:
-        out.append("false")
-    elif isinstance(value, str):
-        out.append(json.dumps(value, ensure_ascii=False).translate(_TABLE))
-    elif isinstance(value, int):
-        out.append(str(int(value)))
-    elif isinstance(value, float):
-        out.append(_float(value))
-    elif isinstance(value, dict):
-        out.append("{")
-        for i, key in enumerate(sorted(value, key=str)):
-            if i:
-                out.append(",")
-            _encode(str(key), out)
-            out.append(":")
-            _encode(value[key], out)
-        out.append("}")
-    elif isinstance(value, list | tuple):
-        out.append("[")
-        for i, item in enumerate(value):
-            if i:
-                out.append(",")
-            _encode(item, out)
-        out.append("]")
-    else:
-        raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+def _swap_floats(value: Any, marker: str, floats: list[str]) -> Any:
+    """`value` with each float replaced by `marker + index` (its Go text kept in
+    `floats`); the same object where there is none, so the common case copies nothing."""
+    if isinstance(value, float):
+        floats.append(_float(value))
+        return f"{marker}{len(floats) - 1}\u0001"
+    if isinstance(value, dict):
+        out = None
+        for k, v in value.items():
+            w = _swap_floats(v, marker, floats)
+            if w is not v or not isinstance(k, str):
+                if out is None:
+                    out = dict(value)
+                out[k] = w
+        if out is not None:
+            return {str(k): v for k, v in out.items()}
+        return value
+    if isinstance(value, list | tuple):
+        items = [_swap_floats(v, marker, floats) for v in value]
+        return items if any(w is not v for w, v in zip(items, value, strict=True)) \
+            or isinstance(value, tuple) else value
+    if value is None or isinstance(value, str | int):
+        return value
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 def dumps(value: Any) -> bytes:
     """`value` (JSON-able: dict, list, str, int, float, bool, None) as Go would marshal
-    it."""
-    out: list[str] = []
-    _encode(value, out)
-    text = "".join(out)
+    it. The C encoder of `json` does the work; floats, which it writes otherwise than Go,
+    go through as unguessable markers and are put back in Go's form."""
+    floats: list[str] = []
+    marker = f"\u0000{secrets.token_hex(8)}:"
+    prepared = _swap_floats(value, marker, floats)
+    text = json.dumps(prepared, separators=(",", ":"), sort_keys=True, ensure_ascii=False,
+                      allow_nan=False).translate(_TABLE)
+    if floats:  # json.dumps wrote each marker as "\u0000<hex>:<i>\u0001"
+        escaped = json.dumps(marker, ensure_ascii=False)[1:-1]
+        text = re.sub(f'"{re.escape(escaped)}(\\d+)\\\\u0001"',
+                      lambda m: floats[int(m[1])], text)
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate: Go writes U+FFFD for invalid text

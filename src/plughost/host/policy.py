@@ -206,16 +206,17 @@ class Window:
         self._times: deque[float] = deque()
         self._lock = threading.Lock()
 
-    def admit(self, limit: int) -> bool:
+    def admit(self, limit: int, count: int = 1) -> bool:
+        """Take `count` events (all or none) if the window has room for them."""
         if limit <= 0:
             return True
         now = time.monotonic()
         with self._lock:
             while self._times and now - self._times[0] >= self.period:
                 self._times.popleft()
-            if len(self._times) >= limit:
+            if len(self._times) + count > limit:
                 return False
-            self._times.append(now)
+            self._times.extend([now] * count)
             return True
 
 
