@@ -65,7 +65,7 @@ class MemoryCache:
         if size > self.plugin_max_bytes:
             raise ValueError(f"value of {size} bytes is larger than a plugin's cache quota "
                              f"({self.plugin_max_bytes} bytes)")
-        life = self.max_ttl if not ttl else min(float(ttl), self.max_ttl)
+        life = self.max_ttl if not ttl or ttl != ttl else min(float(ttl), self.max_ttl)  # NaN
         with self._lock:
             space = self._spaces.setdefault(plugin, _Space())
             self._drop(plugin, space, key)

@@ -98,11 +98,15 @@ def entered(name: str, timeout: float | None, args: bytes = b""
     """Mark that the current path now runs inside plugin `name`, for at most `timeout`
     seconds and never past the path's deadline (None: the path's). Yields this call's
     deadline. Refused with `CallCycle` if `name` is already on the path. `args`, the
-    call's, may set the path's language and organisation (`envelope`)."""
+    call's, set the path's language and organisation (`envelope`) when the path is
+    empty."""
     admit(name)
     outer = _path.get()
     deadline = within(outer.deadline, timeout)
-    given = envelope(args) if args else None
+    # Only the application's call (the first on a path) sets the language and the
+    # organisation; a nested call (plugin_call) keeps its caller's, whatever its args say,
+    # so no plugin can choose another's organisation.
+    given = envelope(args) if args and not outer.plugins else None
     lang, org_id = given if given is not None else (outer.lang, outer.org_id)
     token = _path.set(CallPath((*outer.plugins, name), deadline, lang, org_id))
     try:

@@ -7,7 +7,9 @@ file: no ATTACH/DETACH (which also stops `VACUUM INTO`), no pragmas beyond readi
 schema. The same authorizer is how table scopes are enforced: SQLite reports each table a
 statement reads or writes while it compiles it (views and triggers resolved, CTE names
 not mistaken for tables), and the caller's `check` refuses the statement before it runs.
-SQLite's own `sqlite_*` tables are exempt. Values come back as GoatFlow's MySQL driver
+SQLite's schema tables are readable by all (a plugin's own schema); its other tables
+(`sqlite_sequence`, `sqlite_stat1`) need a scope like any table. `fts3_tokenizer` (native
+pointers) and `load_extension` are refused. Values come back as GoatFlow's MySQL driver
 gives them: text and BLOBs as strings (invalid UTF-8 replaced), numbers as numbers.
 
 Caps: a result has at most `max_rows` rows and `max_result_bytes` of values (and no single
@@ -19,6 +21,7 @@ than what is left.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
@@ -49,13 +52,36 @@ _WRITES = {sqlite3.SQLITE_INSERT: 1, sqlite3.SQLITE_DELETE: 1, sqlite3.SQLITE_UP
            sqlite3.SQLITE_DROP_VTABLE: 1}
 
 
+#: SQLite's own schema tables: readable by any statement (the plugin's own schema), and
+#: written only by SQLite itself (writable_schema is a refused pragma)
+_SCHEMA = frozenset({"sqlite_master", "sqlite_schema", "sqlite_temp_master",
+                     "sqlite_temp_schema"})
+#: functions no plugin may call: native pointers in and out, shared libraries
+_REFUSED_FUNCTIONS = frozenset({"fts3_tokenizer", "load_extension"})
+_RENAME_TO = re.compile(r'\bRENAME\s+TO\s+("(?:[^"]|"")+"|`[^`]+`|\[[^\]]+\]|[\w$]+)',
+                        re.IGNORECASE)
+
+
+def _unquoted(name: str) -> str:
+    if name[:1] in "\"`[" and len(name) > 1:
+        name = name[1:-1].replace('""', '"')
+    return name.lower()
+
+
 class _Authorizer:
     """SQLite's authorizer for one statement: the sandbox rules, and each table touched
     handed to `check`; the first refusal is kept to be raised as itself."""
 
-    def __init__(self, check: TableCheck | None) -> None:
+    def __init__(self, check: TableCheck | None, query: str = "") -> None:
         self.check = check
+        self.query = query
         self.refused: PlughostError | None = None
+        self.altering = False  # after ALTER TABLE: SQLite's own rewrite of its tables
+
+    def _refuse(self, exc: PlughostError) -> int:
+        if self.refused is None:
+            self.refused = exc
+        return sqlite3.SQLITE_DENY
 
     def __call__(self, action: int, arg1: str | None, arg2: str | None, db: str | None,
                  trigger: str | None) -> int:
@@ -63,23 +89,33 @@ class _Authorizer:
             return sqlite3.SQLITE_DENY
         if action == sqlite3.SQLITE_PRAGMA and (arg1 or "").lower() not in _SAFE_PRAGMAS:
             return sqlite3.SQLITE_DENY
+        if action == sqlite3.SQLITE_FUNCTION and (arg2 or "").lower() in _REFUSED_FUNCTIONS:
+            return sqlite3.SQLITE_DENY
         if db not in (None, "main", "temp"):
             return sqlite3.SQLITE_DENY
         if self.check is None:
             return sqlite3.SQLITE_OK
         where = _WRITES.get(action) or _READS.get(action)
         table = (arg1 if where == 1 else arg2) if where else None
-        if not table or table.lower().startswith("sqlite_"):
+        if not table:
+            return sqlite3.SQLITE_OK
+        name = table.lower()
+        if name in _SCHEMA or (self.altering and name.startswith("sqlite_")):
             return sqlite3.SQLITE_OK
         try:
             if action in _WRITES:
-                self.check((), (table.lower(),))
+                self.check((), (name,))
             else:
-                self.check((table.lower(),), ())
+                self.check((name,), ())
+            if action == sqlite3.SQLITE_ALTER_TABLE:
+                # the authorizer names only the old table: a RENAME's new name is a
+                # table written too (else it would move a table out of the scope's reach
+                # into a name the scope does not cover)
+                for m in _RENAME_TO.finditer(self.query):
+                    self.check((), (_unquoted(m[1]),))
+                self.altering = True
         except PlughostError as exc:
-            if self.refused is None:
-                self.refused = exc
-            return sqlite3.SQLITE_DENY
+            return self._refuse(exc)
         return sqlite3.SQLITE_OK
 
 
@@ -141,7 +177,7 @@ class SQLiteDB:
 
     def query(self, plugin: str, query: str, args: list[Any] | None, *,
               check: TableCheck | None = None) -> list[dict[str, Any]]:
-        auth = _Authorizer(check)
+        auth = _Authorizer(check, query)
         conn, end = self._connect(plugin, True, auth)
         out: list[dict[str, Any]] = []
         size = 0
@@ -167,7 +203,7 @@ class SQLiteDB:
     def execute(self, plugin: str, query: str, args: list[Any] | None, *,
                 check: TableCheck | None = None) -> int:
         """Rows affected (GoatFlow exposes no last-insert id)."""
-        auth = _Authorizer(check)
+        auth = _Authorizer(check, query)
         conn, end = self._connect(plugin, False, auth)
         try:
             cur = conn.execute(query, args or [])

@@ -86,6 +86,10 @@ class Raw:
 _raw: ContextVar[bytes] = ContextVar("plughost_host_call_args", default=b"")
 
 
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
 def raw_args() -> bytes:
     """The undecoded arguments of the host call being handled (for a handler that passes
     part of them on unchanged, as `plugin_call` does)."""
@@ -156,10 +160,14 @@ class HostFunctions:
                 raise HostCallError(f"{name}: the call's deadline has passed",
                                     plugin=ctx.plugin)
             try:
-                decoded = json.loads(args) if args.strip() else {}
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise HostCallError(f"{name}: arguments are not valid JSON: {exc}",
+                decoded = json.loads(args, parse_constant=_not_json) if args.strip() else {}
+            except RecursionError:
+                raise HostCallError(f"{name}: arguments are not valid JSON: they nest too "
+                                    "deeply",
                                     plugin=ctx.plugin) from None
+            except ValueError as exc:  # bad JSON or UTF-8, NaN, a number of 4,300+ digits
+                raise HostCallError(f"{name}: arguments are not valid JSON: "
+                                    f"{str(exc)[:200]}", plugin=ctx.plugin) from None
             token = _raw.set(args)
             try:
                 result = fn.handler(ctx, decoded)
@@ -167,7 +175,9 @@ class HostFunctions:
                 raise
             except Exception as exc:  # a backend failure is the plugin's error, not ours
                 logger.debug("host function %s failed for %s", name, ctx.plugin, exc_info=True)
-                raise HostCallError(f"{name} failed: {exc}", plugin=ctx.plugin) from exc
+                # an OSError's text names host paths: the plugin gets its cause only
+                why = exc.strerror or type(exc).__name__ if isinstance(exc, OSError) else exc
+                raise HostCallError(f"{name} failed: {why}", plugin=ctx.plugin) from exc
             finally:
                 _raw.reset(token)
             if isinstance(result, Raw):

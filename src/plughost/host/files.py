@@ -30,6 +30,10 @@ from ..errors import HostCallError
 META = ".meta.json"
 _ORG_DIR = re.compile(r"org-\d+")
 DEFAULT_QUOTA = 500 * 1024 * 1024  # GoatFlow's, when the policy says 0
+MAX_METADATA = 64 * 1024  # a file's metadata (it counts against the quota too)
+#: what the host's own `_size` and `_modified` take in a metadata file, at most; the rest
+#: of that file is the plugin's and counts against its quota
+HOST_FIELDS = 96
 
 
 @dataclass(frozen=True)
@@ -65,18 +69,28 @@ class FileStore:
             if not org_id and Path(dirpath) == root:  # each organisation has its own quota
                 dirs[:] = [d for d in dirs if not _ORG_DIR.fullmatch(d)]
             for f in files:
-                if not f.endswith(META):
+                size = os.lstat(os.path.join(dirpath, f)).st_size
+                if f.endswith(META):  # the plugin's metadata counts, the host's fields not
+                    total += max(0, size - HOST_FIELDS)
+                else:
+                    total += size
                     count += 1
-                    total += os.lstat(os.path.join(dirpath, f)).st_size
         return total, count
 
     def store(self, plugin: str, org_id: int, key: str, data: bytes,
               metadata: dict[str, str], quota: int) -> None:
         path = self._path(plugin, org_id, key)
         limit = quota or DEFAULT_QUOTA
+        meta_text = json.dumps(metadata)
+        if len(meta_text) > MAX_METADATA:
+            raise HostCallError(f"store_file: metadata larger than {MAX_METADATA} bytes",
+                                plugin=plugin)
         used, count = self._usage(self._root(plugin, org_id), org_id)
         old = path.stat().st_size if path.is_file() else None
-        if used - (old or 0) + len(data) > limit:
+        meta_path = path.with_name(path.name + META)
+        old_meta = meta_path.stat().st_size if meta_path.is_file() else 0
+        new = len(data) + max(0, len(meta_text) + HOST_FIELDS // 2 - HOST_FIELDS)
+        if used - (old or 0) - max(0, old_meta - HOST_FIELDS) + new > limit:
             raise HostCallError(f"storage limit exceeded ({used} bytes used, {len(data)} "
                                 f"more would pass the quota of {limit})", plugin=plugin)
         if old is None and count >= self.max_files:

@@ -54,16 +54,28 @@ def shortest(x: float) -> tuple[str, int]:
     return digits.rstrip("0") or "0", len(digits) + t.exponent - 1
 
 
-def _swap_floats(value: Any, marker: str, floats: list[str]) -> Any:
-    """`value` with each float replaced by `marker + index` (its Go text kept in
-    `floats`); the same object where there is none, so the common case copies nothing."""
+class _Floats:
+    """The floats found so far and their marker, made (random) at the first one."""
+
+    __slots__ = ("marker", "texts")
+
+    def __init__(self) -> None:
+        self.marker = ""
+        self.texts: list[str] = []
+
+
+def _swap_floats(value: Any, found: _Floats) -> Any:
+    """`value` with each float replaced by a marker and its index (its Go text kept in
+    `found`); the same object where there is none, so the common case copies nothing."""
     if isinstance(value, float):
-        floats.append(_float(value))
-        return f"{marker}{len(floats) - 1}\u0001"
+        if not found.marker:
+            found.marker = f"\u0000{secrets.token_hex(8)}:"
+        found.texts.append(_float(value))
+        return f"{found.marker}{len(found.texts) - 1}\u0001"
     if isinstance(value, dict):
         out = None
         for k, v in value.items():
-            w = _swap_floats(v, marker, floats)
+            w = _swap_floats(v, found)
             if w is not v or not isinstance(k, str):
                 if out is None:
                     out = dict(value)
@@ -72,7 +84,7 @@ def _swap_floats(value: Any, marker: str, floats: list[str]) -> Any:
             return {str(k): v for k, v in out.items()}
         return value
     if isinstance(value, list | tuple):
-        items = [_swap_floats(v, marker, floats) for v in value]
+        items = [_swap_floats(v, found) for v in value]
         return items if any(w is not v for w, v in zip(items, value, strict=True)) \
             or isinstance(value, tuple) else value
     if value is None or isinstance(value, str | int):
@@ -84,13 +96,13 @@ def dumps(value: Any) -> bytes:
     """`value` (JSON-able: dict, list, str, int, float, bool, None) as Go would marshal
     it. The C encoder of `json` does the work; floats, which it writes otherwise than Go,
     go through as unguessable markers and are put back in Go's form."""
-    floats: list[str] = []
-    marker = f"\u0000{secrets.token_hex(8)}:"
-    prepared = _swap_floats(value, marker, floats)
+    found = _Floats()
+    prepared = _swap_floats(value, found)
     text = json.dumps(prepared, separators=(",", ":"), sort_keys=True, ensure_ascii=False,
                       allow_nan=False).translate(_TABLE)
-    if floats:  # json.dumps wrote each marker as "\u0000<hex>:<i>\u0001"
-        escaped = json.dumps(marker, ensure_ascii=False)[1:-1]
+    if found.texts:  # json.dumps wrote each marker as "\u0000<hex>:<i>\u0001"
+        floats = found.texts
+        escaped = json.dumps(found.marker, ensure_ascii=False)[1:-1]
         text = re.sub(f'"{re.escape(escaped)}(\\d+)\\\\u0001"',
                       lambda m: floats[int(m[1])], text)
     try:

@@ -18,6 +18,9 @@ import httpx
 from ..errors import HostCallError
 
 MAX_REDIRECTS = 10
+#: Headers the client sets itself, as Go's does (it ignores a `Host` header): a plugin
+#: allowed one host must not name another virtual host behind the same address.
+HOST_SET_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 
 
 class HttpClient:
@@ -35,9 +38,16 @@ class HttpClient:
         try:
             with httpx.Client(timeout=limit, follow_redirects=False) as client:
                 check(url)
-                request = client.build_request(method.upper() or "GET", url,
-                                               headers=headers, content=body)
+                request = client.build_request(
+                    method.upper() or "GET", url, content=body,
+                    headers={k: v for k, v in headers.items()
+                             if k.lower() not in HOST_SET_HEADERS})
                 for _hop in range(MAX_REDIRECTS + 1):
+                    left = end - time.monotonic()  # every hop within the one budget
+                    if left <= 0:
+                        raise HostCallError(f"http_request: no complete response within "
+                                            f"{limit:.3f}s", plugin=plugin)
+                    request.extensions["timeout"] = httpx.Timeout(left).as_dict()
                     resp = client.send(request, stream=True)
                     try:
                         nxt = resp.next_request

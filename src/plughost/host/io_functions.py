@@ -8,6 +8,7 @@ for an application's own backend too.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -94,7 +95,7 @@ def make_io_functions(api: HostAPI, settings: HostSettings | None = None
         a = args_object(ctx, args, "cache_set")
         key = field(ctx, a, "key", str, "cache_set", required=True)
         ttl = field(ctx, a, "ttl", float, "cache_set")
-        if ttl < 0:
+        if ttl < 0 or not math.isfinite(ttl):
             raise HostCallError("cache_set: 'ttl' must be a number of seconds",
                                 plugin=ctx.plugin)
         value = b64(ctx, a, "value", "cache_set") or b""

@@ -21,6 +21,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from ..errors import HostCallError
 
 KEY_FILE = "secure-config.key"
+MAX_KEY_BYTES = 256
 
 
 def load_or_create_key(path: Path) -> bytes:
@@ -89,6 +90,9 @@ class SecureConfig:
         return plain[len(prefix):]
 
     def set(self, plugin: str, org_id: int, key: str, value: str) -> None:
+        if len(key.encode()) > MAX_KEY_BYTES:
+            raise HostCallError(f"secure config key longer than {MAX_KEY_BYTES} bytes",
+                                plugin=plugin)
         if len(value.encode()) > self.max_value_bytes:
             raise HostCallError(f"secure config value larger than {self.max_value_bytes} "
                                 "bytes", plugin=plugin)
