@@ -332,7 +332,7 @@ def test_events_stream(serve: Serve) -> None:
     finally:
         sse.close()
     wait_until(lambda: s.state.hub.clients == 0)  # the listener left with the client
-    assert len(s.state.manager.listeners) == 1  # only the hub's own error tracker
+    assert len(s.state.manager.listeners) == 2  # the hub's error tracker, the job scheduler
 
 
 def test_a_plugins_published_event_reaches_the_stream(serve: Serve, plugin_dir: Path) -> None:
@@ -578,3 +578,25 @@ def test_plugin_routes_are_sandboxed_and_get_no_credentials(serve: Serve) -> Non
     r = httpx.post(f"{s.url}/api/plugins/counter/unload", headers={"origin": "null"},
                    timeout=30)
     assert r.status_code == 403
+
+
+def test_jobs_run_in_the_server_and_show_in_the_api(serve: Serve, plugin_dir: Path) -> None:
+    import queue
+
+    from .test_host_functions import variant_dir
+    from .test_jobs import T0, HandClock
+
+    variant_dir(plugin_dir, "ticker", {"jobs": [
+        {"id": "tick", "handler": "count", "schedule": "@every 30s", "enabled": True}]})
+    clock = HandClock()
+    s = serve(job_clock=clock)
+    ran: queue.Queue[Any] = queue.Queue()
+    s.state.manager.add_listener(lambda e: ran.put(e) if e.kind == "job_run" else None)
+    (job,) = httpx.get(f"{s.url}/api/jobs").json()
+    assert (job["plugin"], job["id"], job["next_run"], job["last_run"]) == (
+        "ticker", "tick", T0 + 30, None)
+    clock.advance(30)
+    assert ran.get(timeout=15).plugin == "ticker"
+    (job,) = httpx.get(f"{s.url}/api/jobs", params={"plugin": "ticker"}).json()
+    assert (job["last_status"], job["last_run"], job["next_run"]) == ("ok", T0 + 30, T0 + 60)
+    assert httpx.get(f"{s.url}/api/jobs", params={"plugin": "hello"}).json() == []

@@ -24,10 +24,13 @@ ListedState = Literal["starting", "running", "restarting", "failed", "stopped", 
 #: - error: a load or reload failed (detail: why);
 #: - crash / restart / failed: a gRPC plugin's process died, came back, or gave up;
 #: - call_error: a call failed (detail: the error type and reason);
-#: - plugin_event: a plugin's `publish_event` (channel, event_type; detail: its data).
+#: - plugin_event: a plugin's `publish_event` (channel, event_type; detail: its data);
+#: - job_run / job_error: a scheduled job's run ended well or failed (detail: job and how).
 EventKind = Literal["load", "unload", "reload", "enable", "disable", "error", "crash",
-                    "restart", "failed", "call_error", "plugin_event"]
+                    "restart", "failed", "call_error", "plugin_event", "job_run",
+                    "job_error"]
 EVENT_KINDS: tuple[EventKind, ...] = get_args(EventKind)
 
 #: The kinds that are a plugin's latest error (the admin page's "last error" column).
-ERROR_KINDS: frozenset[EventKind] = frozenset({"error", "crash", "failed", "call_error"})
+ERROR_KINDS: frozenset[EventKind] = frozenset({"error", "crash", "failed", "call_error",
+                                              "job_error"})

@@ -59,7 +59,8 @@ class Job(_Open):
     id: str
     handler: str
     schedule: str = ""
-    enabled: bool = True
+    #: GoatFlow's default: a job is scheduled only when it says `"enabled": true`
+    enabled: bool = False
     timeout: str | int | None = None
 
 

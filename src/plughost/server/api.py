@@ -3,6 +3,7 @@ calls use `manager.acall`, loads and unloads the loader's `a*` twins."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -100,6 +101,16 @@ def _number(request: Request, key: str, kind: type[int] | type[float]) -> Any:
     if value < 0 or not math.isfinite(value):
         raise ValueError(f"?{key} must be a non-negative number, got {raw!r}")
     return value
+
+
+async def jobs(request: Request) -> Response:
+    """Every scheduled job: next run, last run, duration, status, last error
+    (`?plugin=` for one plugin's)."""
+    st = state_of(request)
+    if st.scheduler is None:
+        return JSONResponse([])
+    plugin = request.query_params.get("plugin") or None
+    return JSONResponse([dataclasses.asdict(j) for j in st.scheduler.jobs(plugin)])
 
 
 async def events(request: Request) -> Response:

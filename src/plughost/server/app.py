@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from ..jobs import Clock, Scheduler
 from ..loader import Loader
 from ..manager import Manager
 from . import api
@@ -41,18 +42,24 @@ def create_app(manager: Manager, loader: Loader, *, watch: bool = True,
                debounce_ms: int = 500, keepalive: float = 15.0,
                max_body: int = 16 * 1024 * 1024, sse_queue_size: int = 256,
                allowed_hosts: list[str] | None = None, token: str | None = None,
-               body_timeout: float = 30.0) -> Starlette:
+               body_timeout: float = 30.0, jobs: bool = True,
+               job_clock: Clock | None = None) -> Starlette:
     """The server app. The caller keeps ownership of `manager` (close it after the app
     stopped); the app loads `loader`'s directory on start and unloads it on shutdown.
 
     Cross-site requests are always refused; `allowed_hosts` (host names without port)
     additionally refuses other `Host` headers (DNS rebinding). With `token`, every request
     but the admin page and `POST /api/login` must carry it. A request body must arrive
-    within `body_timeout` seconds (408 otherwise)."""
+    within `body_timeout` seconds (408 otherwise). With `jobs`, the registrations' jobs run
+    on their schedules (`job_clock`: the scheduler's clock, for tests)."""
     hub = EventHub(manager, queue_size=sse_queue_size, keepalive=keepalive)
     check = TokenCheck(token) if token is not None else None
+    timezone = getattr(getattr(manager.host.api, "settings", None), "app_config", {}).get(
+        "app.timezone")
+    scheduler = Scheduler(manager, clock=job_clock, timezone=timezone) if jobs else None
     state = ServerState(manager, loader, hub, watch=watch, debounce_ms=debounce_ms,
-                        max_body=max_body, body_timeout=body_timeout, token=check)
+                        max_body=max_body, body_timeout=body_timeout, token=check,
+                        scheduler=scheduler)
     page = admin_html()
 
     @asynccontextmanager
@@ -68,8 +75,12 @@ def create_app(manager: Manager, loader: Loader, *, watch: bool = True,
                         len(errors))
             if watch:
                 await asyncio.to_thread(loader.watch_dir, debounce_ms)
+            if scheduler is not None:
+                scheduler.start()
             yield
         finally:
+            if scheduler is not None:
+                await asyncio.to_thread(scheduler.close)
             hub.stop()  # ends the event streams
             await asyncio.to_thread(loader.close)  # stops the watcher, unloads its plugins
             await asyncio.to_thread(manager.shutdown_all)  # and anything else registered
@@ -91,6 +102,7 @@ def create_app(manager: Manager, loader: Loader, *, watch: bool = True,
         Route("/api/login", api.login, methods=["POST"]),
         Route("/api/plugins", api.list_plugins, methods=["GET"]),
         Route("/api/events", api.events, methods=["GET"]),
+        Route("/api/jobs", api.jobs, methods=["GET"]),
         Route("/api/plugins/{name}", api.get_plugin, methods=["GET"]),
         Route("/api/plugins/{name}/logs", api.logs, methods=["GET"]),
         Route("/api/plugins/{name}/call/{function}", api.call, methods=["POST"]),

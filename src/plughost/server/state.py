@@ -7,6 +7,7 @@ from typing import cast
 
 from starlette.requests import Request
 
+from ..jobs import Scheduler
 from ..loader import Loader
 from ..manager import Manager
 from .auth import TokenCheck
@@ -23,6 +24,7 @@ class ServerState:
     max_body: int = 16 * 1024 * 1024  # bytes of a call's or a route's request body
     body_timeout: float = 30.0  # seconds to receive a whole request body
     token: TokenCheck | None = None  # the API token, when the server needs one
+    scheduler: Scheduler | None = None  # runs the registrations' jobs (None: jobs off)
 
 
 def state_of(request: Request) -> ServerState:
