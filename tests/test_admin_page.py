@@ -4,6 +4,7 @@ the real server (uvicorn) on a copy of examples/plugins. No fixed sleeps: Playwr
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -135,3 +136,37 @@ def test_a_failed_reload_is_reported(page: Any, served: Served) -> None:
     expect(page.locator("#message")).to_contain_text("reload counter failed: PluginLoadError")
     expect(row(page, "counter").locator(".error")).to_contain_text("counter")
     expect(row(page, "counter").locator(".state")).to_have_text("running")  # old one serves
+
+
+def test_the_jobs_table_shows_a_jobs_last_run(browser: Any, plugins: Path,
+                                               engine: WasmEngine) -> None:
+    from .test_host_functions import variant_dir
+    from .test_jobs import HandClock
+
+    variant_dir(plugins, "ticker", {"jobs": [
+        {"id": "tick", "handler": "count", "schedule": "@every 30s", "enabled": True},
+        {"id": "broken", "handler": "count", "schedule": "61 * * * *", "enabled": True}]})
+    clock = HandClock()
+    manager = Manager(drain_timeout=5.0)
+    loader = Loader(plugins, manager, engine=engine)
+    try:
+        app = create_app(manager, loader, watch=False, keepalive=1.0, job_clock=clock)
+        with serve_in_thread(app) as s:
+            context = browser.new_context()
+            pg = context.new_page()
+            pg.goto(s.url + "/")
+            expect(pg.locator("#live")).to_have_attribute("data-state", "open")
+            tick = pg.locator('#jobs tr[data-job="tick"]')
+            expect(tick.locator(".schedule")).to_have_text("@every 30s")
+            expect(tick.locator(".status")).to_have_text("")
+            expect(pg.locator('#jobs tr[data-job="broken"] .next')).to_have_text("never")
+            clock.advance(30)
+            # the job_run event refreshes the page: its last run, duration and status
+            expect(tick.locator(".status")).to_have_text("ok")
+            expect(tick.locator(".took")).to_have_text(re.compile(r"^\d+\.\d{3} s$"))
+            expect(tick.locator(".last")).not_to_have_text("")
+            expect(pg.locator('#events li.event[data-kind="job_run"][data-plugin="ticker"]')) \
+                .to_have_count(1)
+            context.close()
+    finally:
+        manager.close()
