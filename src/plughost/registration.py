@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ManifestError
 from .inputs import REGISTRATION_MAX_BYTES
-from .manifest import NAME_PATTERN, Permission, is_valid_name
+from .manifest import NAME_PATTERN, PERMISSIONS, Permission, is_valid_name
 
 
 class _Open(BaseModel):
@@ -96,8 +96,6 @@ class Registration(_Open):
     def _known_shorthands(cls, v: list[str]) -> list[str]:
         # GoatFlow ignores this legacy list; plughost reads its own shorthands from it and
         # ignores the rest, as GoatFlow does, rather than failing the load.
-        from .manifest import PERMISSIONS
-
         return [p for p in v if p in PERMISSIONS]
 
 

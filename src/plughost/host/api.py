@@ -30,8 +30,8 @@ from .secrets import SecureConfig
 #: with every table a statement touches before the statement runs.
 TableCheck = Callable[[Iterable[str], Iterable[str]], None]
 
-#: An http backend's check of each URL it is about to request (the first and every
-#: redirect); raises when the plugin may not go there.
+#: An http backend's check of each redirect hop it is about to follow (plughost has checked
+#: the first URL); raises when the plugin may not go there.
 UrlCheck = Callable[[str], None]
 
 

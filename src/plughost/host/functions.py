@@ -14,6 +14,7 @@ import binascii
 import datetime
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -170,11 +171,12 @@ def _lang(ctx: HostContext, a: dict[str, Any]) -> str:
     return lang if isinstance(lang, str) and lang else chain.path().lang or "en"
 
 
-def _named(text: str, values: dict[str, Any]) -> str:
-    import re
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
-    return re.sub(r"\{(\w+)\}", lambda m: str(values[m[1]]) if m[1] in values else m[0],
-                  text)
+
+def _named(text: str, values: dict[str, Any]) -> str:
+    """plughost's older `{name}` placeholders: one pass, nothing of str.format exposed."""
+    return _PLACEHOLDER.sub(lambda m: str(values[m[1]]) if m[1] in values else m[0], text)
 
 
 def publish_event(ctx: HostContext, args: Any) -> dict[str, str]:

@@ -158,15 +158,16 @@ class Grants:
         """db: a written table needs a write entry whose scope matches it, any other table
         a read entry; `information_schema.*` passes with any read grant."""
         written = set(writes)
+        write = self.scope("db", "write") if written else None
         for table in written:
-            scope = self.scope("db", "write")
-            if scope is None or not _matches_any(scope, table):
+            if write is None or not _matches_any(write, table):
                 raise self._denied(f'write access to table "{table}" not permitted')
-        for table in set(reads) - written:
-            scope = self.scope("db", "read")
-            if scope is not None and table.lower().startswith("information_schema."):
+        read_only = set(reads) - written
+        read = self.scope("db", "read") if read_only else None
+        for table in read_only:
+            if read is not None and table.lower().startswith("information_schema."):
                 continue
-            if scope is None or not _matches_any(scope, table):
+            if read is None or not _matches_any(read, table):
                 raise self._denied(f'access to table "{table}" not permitted')
 
     def check_url(self, url: str) -> None:

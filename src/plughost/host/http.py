@@ -37,7 +37,6 @@ class HttpClient:
         end = time.monotonic() + limit
         try:
             with httpx.Client(timeout=limit, follow_redirects=False) as client:
-                check(url)
                 request = client.build_request(
                     method.upper() or "GET", url, content=body,
                     headers={k: v for k, v in headers.items()

@@ -30,6 +30,7 @@ from ..errors import ManifestError
 from ..manifest import Permission
 from ..plugin import PluginSource
 from ..registration import Registration
+from ..yaml_input import load_yaml
 from .grants import DEFAULT_PERMISSIONS, Grants, expand_shorthands
 
 logger = logging.getLogger(__name__)
@@ -169,8 +170,6 @@ class PolicyBook:
             return {}
         stamp = (st.st_mtime_ns, st.st_size)
         if stamp != self._stamp:
-            from ..yaml_input import load_yaml
-
             try:
                 data = load_yaml(self.path.read_text("utf-8"), plugin=None, path=self.path)
             except Exception as exc:
