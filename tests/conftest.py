@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import json
 import os
 import shutil
 import socket
@@ -186,3 +187,28 @@ def status_mib(field: str) -> float:
 def names(loader: Loader) -> list[str]:
     """The names a loader has discovered, sorted, once each."""
     return sorted({d.name for d in loader.discovered_plugins()})
+
+
+REG_PERMISSIONS = '\\"permissions\\":[\\"config\\",\\"log\\"],'
+
+
+def variant_module(name: str, registration: dict[str, Any] | None = None) -> bytes:
+    """testkit whose registration declares no flat permissions, plus `registration`'s keys
+    (e.g. GoatFlow's `resources`)."""
+    text = (WAT / "testkit.wat").read_text()
+    assert REG_PERMISSIONS in text
+    extra = ""
+    if registration:
+        extra = json.dumps(registration, separators=(",", ":"))[1:-1].replace('"', '\\"') + ","
+    return wasmtime.wat2wasm(text.replace(REG_PERMISSIONS, extra).replace("__NAME__", name)
+                             .replace("__VERSION__", "1.0.0"))
+
+
+def variant_dir(plugins: Path, name: str, registration: dict[str, Any] | None = None,
+                manifest: dict[str, Any] | None = None) -> Path:
+    pdir = plugins / name
+    pdir.mkdir(parents=True)
+    (pdir / f"{name}.wasm").write_bytes(variant_module(name, registration))
+    (pdir / "plugin.yaml").write_text(yaml.safe_dump(
+        {"name": name, "version": "1.0.0", "runtime": "wasm", **(manifest or {})}))
+    return pdir

@@ -62,7 +62,7 @@ def page(browser: Any, served: Served) -> Iterator[Any]:
 
 
 def call(s: Served, function: str, plugin: str = "counter") -> Any:
-    r = httpx.post(f"{s.url}/api/plugins/{plugin}/call/{function}", json={}, timeout=30)
+    r = httpx.post(f"{s.url}/api/v1/plugins/{plugin}/call/{function}", json={}, timeout=30)
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -78,7 +78,7 @@ def test_page_lists_the_plugins_with_their_state(page: Any) -> None:
         expect(row(page, name).locator(".version")).to_have_text("1.0.0")
     expect(page.locator("#summary")).to_have_text("3 of 3 plugins loaded")
     expect(row(page, "greeter").locator("a.route")).to_have_attribute(
-        "href", "/plugins/greeter/hello")
+        "href", "/hello")
     expect(row(page, "counter").locator('button[data-action="load"]')).to_be_disabled()
     # each plugin's effective grants: counter and greeter declare [config, log]
     expect(row(page, "counter").locator("td.grants .grant")).to_have_text(["config:read"])
@@ -107,13 +107,13 @@ def test_unload_and_load_buttons_change_the_state(page: Any, served: Served) -> 
 
 
 def test_changes_made_elsewhere_show_up_live(page: Any, served: Served) -> None:
-    r = httpx.post(f"{served.url}/api/plugins/hello/disable", timeout=30)
+    r = httpx.post(f"{served.url}/api/v1/plugins/hello/disable", timeout=30)
     assert r.status_code == 200
     expect(page.locator('#events li.event[data-kind="disable"][data-plugin="hello"]')) \
         .to_have_count(1)
     expect(row(page, "hello").locator(".state")).to_have_attribute("data-enabled", "false")
     expect(row(page, "hello").locator('button[data-action="enable"]')).to_be_enabled()
-    httpx.post(f"{served.url}/api/plugins/hello/unload", timeout=30)
+    httpx.post(f"{served.url}/api/v1/plugins/hello/unload", timeout=30)
     expect(row(page, "hello").locator(".state")).to_have_text("discovered")
 
 
@@ -140,7 +140,7 @@ def test_a_failed_reload_is_reported(page: Any, served: Served) -> None:
 
 def test_the_jobs_table_shows_a_jobs_last_run(browser: Any, plugins: Path,
                                                engine: WasmEngine) -> None:
-    from .test_host_functions import variant_dir
+    from .conftest import variant_dir
     from .test_jobs import HandClock
 
     variant_dir(plugins, "ticker", {"jobs": [

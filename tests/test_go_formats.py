@@ -40,6 +40,9 @@ VALUES: list[Any] = [
     [None, True, False, 0, -17, 9007199254740992, 1.7976931348623157e308],
     {"nested": {"y": [], "x": {}}, "": "empty key", "Ä": 1, "a": 2},
     "\ud83d\ude00 emoji",
+    # integral floats past 2**53: Go's shortest digits, padded with zeros
+    [12345678901234567890.0, -98765432109876543210.0, 1e20, 123456789012345678901234.0,
+     9007199254740994.0, float(2**63)],
 ]
 
 

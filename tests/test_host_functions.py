@@ -46,7 +46,14 @@ from plughost.logs import LogRecord
 from plughost.manager import Event
 from plughost.runtimes.wasm import WasmEngine
 
-from .conftest import WAT, SmtpCollector, wait_until, write_plugin_dir
+from .conftest import (
+    WAT,
+    SmtpCollector,
+    variant_dir,
+    variant_module,
+    wait_until,
+    write_plugin_dir,
+)
 
 HOST_FIXTURES = Path(__file__).parent / "fixtures" / "host"
 
@@ -112,31 +119,6 @@ def relay(plugins: Path, name: str, permissions: list[str] | None = None,
 
 
 #: testkit's registration asks for the flat ["config", "log"] (= one `config` read entry)
-REG_PERMISSIONS = '\\"permissions\\":[\\"config\\",\\"log\\"],'
-
-
-def variant_module(name: str, registration: dict[str, Any] | None = None) -> bytes:
-    """testkit whose registration declares no flat permissions, plus `registration`'s keys
-    (e.g. GoatFlow's `resources`)."""
-    text = (WAT / "testkit.wat").read_text()
-    assert REG_PERMISSIONS in text
-    extra = ""
-    if registration:
-        extra = json.dumps(registration, separators=(",", ":"))[1:-1].replace('"', '\\"') + ","
-    return wasmtime.wat2wasm(text.replace(REG_PERMISSIONS, extra).replace("__NAME__", name)
-                             .replace("__VERSION__", "1.0.0"))
-
-
-def variant_dir(plugins: Path, name: str, registration: dict[str, Any] | None = None,
-                manifest: dict[str, Any] | None = None) -> Path:
-    pdir = plugins / name
-    pdir.mkdir(parents=True)
-    (pdir / f"{name}.wasm").write_bytes(variant_module(name, registration))
-    (pdir / "plugin.yaml").write_text(yaml.safe_dump(
-        {"name": name, "version": "1.0.0", "runtime": "wasm", **(manifest or {})}))
-    return pdir
-
-
 def host_failures(manager: Manager, name: str) -> list[LogRecord]:
     return [r for r in manager.log_for(name).records()
             if r.source == "host" and r.message.startswith("host_call ")]

@@ -18,7 +18,7 @@ from plughost.jobs import DEFAULT_TIMEOUT, Schedule, Scheduler, job_timeout
 from plughost.manager import Event
 from plughost.runtimes.wasm import WasmEngine
 
-from .test_host_functions import variant_dir
+from .conftest import variant_dir
 
 T0 = 1_800_000_000.0  # 2027-01-15 08:00:00 UTC
 

@@ -163,24 +163,27 @@ def test_http_says_failed_to_load_and_admin_shows_call_errors(
     app = create_app(manager, loader, watch=False)
     try:
         with serve_in_thread(app) as s:
-            for path in ("/api/plugins/bad/call/x", "/plugins/bad/anything"):
-                r = httpx.post(f"{s.url}{path}", timeout=30)
-                assert r.status_code == 503, r.text
-                body = r.json()
-                assert body["type"] == "PluginUnavailable" and body["plugin"] == "bad"
-                assert "failed to load" in body["error"]
+            r = httpx.post(f"{s.url}/api/v1/plugins/bad/call/x", timeout=30)
+            assert r.status_code == 503, r.text
+            body = r.json()
+            assert body["type"] == "PluginUnavailable" and body["plugin"] == "bad"
+            assert "failed to load" in body["error"]
+            r = httpx.post(f"{s.url}/plugins/bad/anything", timeout=30)  # GoatFlow's shape
+            assert r.status_code == 503 and set(r.json()) == {"error"}
+            assert "plugin 'bad'" in r.json()["error"] and "failed to load" in r.json()["error"]
             r = httpx.post(f"{s.url}/plugins/ghost/x", timeout=30)
             assert r.status_code == 404 and "no such plugin" in r.json()["error"]
 
             seen = threading.Event()
             manager.add_listener(lambda e: seen.set() if e.kind == "call_error" else None)
-            r = httpx.post(f"{s.url}/api/plugins/counter/call/fail", timeout=30)
+            r = httpx.post(f"{s.url}/api/v1/plugins/counter/call/fail", timeout=30)
             assert r.status_code == 502
             assert seen.wait(10)
-            row = {x["name"]: x for x in httpx.get(f"{s.url}/api/plugins").json()}["counter"]
+            listed = httpx.get(f"{s.url}/api/v1/plugins").json()["plugins"]
+            row = {x["name"]: x for x in listed}["counter"]
             assert row["state"] == "running"  # still serving
             assert "call_error" in row["error"] and "counter was asked to fail" in row["error"]
-            logs = httpx.get(f"{s.url}/api/plugins/counter/logs").json()
+            logs = httpx.get(f"{s.url}/api/v1/plugins/counter/logs").json()
             assert any(x["message"].startswith("call failed:") and x["level"] == "error"
                        for x in logs)
     finally:

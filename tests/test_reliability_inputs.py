@@ -288,13 +288,13 @@ def test_the_server_starts_and_answers_beside_bad_inputs(plugins: Path,
     app = create_app(manager, loader, watch=False)
     try:
         with serve_in_thread(app) as s:
-            rows = {r["name"]: r for r in httpx.get(f"{s.url}/api/plugins").json()}
+            rows = {r["name"]: r for r in httpx.get(f"{s.url}/api/v1/plugins").json()["plugins"]}
             assert rows["good"]["state"] == "running"
             assert sum(r["state"] == "error" for r in rows.values()) == 4, rows
-            r = httpx.post(f"{s.url}/api/plugins/good/call/echo", json={"x": 1})
-            assert r.json() == {"x": 1}
+            r = httpx.post(f"{s.url}/api/v1/plugins/good/call/echo", json={"x": 1})
+            assert r.json()["x"] == 1
             for name in rows:
-                assert httpx.get(f"{s.url}/api/plugins/{name}").status_code == 200
-                assert httpx.get(f"{s.url}/api/plugins/{name}/logs").status_code == 200
+                assert httpx.get(f"{s.url}/api/v1/plugins/{name}").status_code == 200
+                assert httpx.get(f"{s.url}/api/v1/plugins/{name}/logs").status_code == 200
     finally:
         manager.close()

@@ -39,15 +39,15 @@ plugin = sdk.Plugin("web", version="2.0.0", routes=[
 
 @plugin.function
 def echo(args):
-    return {"got": args}  # not the args themselves: a dict with "body" is a response
+    return {"got": args}  # not the args themselves: an "error" key would be an error
 
 @plugin.function
 def teapot(args):
-    return {"status": 418, "headers": {"x-tea": "earl grey"}, "body": "short and stout"}
+    return {"error": "short and stout", "status": 418, "ignored": True}
 
 @plugin.function
 def gone(args):
-    return {"status": 204}
+    return {"html": "<p>gone</p>", "raw": True}
 
 if __name__ == "__main__":
     plugin.serve()
@@ -89,9 +89,9 @@ def serve(plugin_dir: Path, engine: WasmEngine) -> Iterator[Serve]:
 
 
 def rows(url: str) -> dict[str, dict[str, Any]]:
-    r = httpx.get(f"{url}/api/plugins")
+    r = httpx.get(f"{url}/api/v1/plugins")
     assert r.status_code == 200
-    return {row["name"]: row for row in r.json()}
+    return {row["name"]: row for row in r.json()["plugins"]}
 
 
 def post(url: str, path: str, body: Any = None, **kw: Any) -> httpx.Response:
@@ -107,15 +107,18 @@ def test_list_shows_loaded_discovered_and_broken(serve: Serve) -> None:
         assert row["state"] == "running" and row["type"] == kind, row
         assert row["version"] == "1.0.0" and row["enabled"] is True and row["error"] is None
         assert row["loaded_at"] > 0 and row["path"].endswith(name)
-    assert listed["greeter"]["routes"] == [{"method": "GET", "path": "/hello",
-                                            "handler": "hello", "url": "/plugins/greeter/hello"}]
+    assert listed["greeter"]["routes"] == [{
+        "method": "GET", "path": "/hello", "handler": "hello", "middleware": [],
+        "description": "", "url": "/hello", "plugin_url": "/plugins/greeter/hello",
+        "mounted": True}]
     broken = listed["broken"]
     assert broken["state"] == "error" and "runtime" in broken["error"]
-    assert broken["loaded_at"] is None and broken["enabled"] is None
+    assert broken["loaded_at"] is None and broken["enabled"] is False
+    assert broken["loaded"] is False and listed["hello"]["loaded"] is True
 
-    one = httpx.get(f"{s.url}/api/plugins/counter").json()
+    one = httpx.get(f"{s.url}/api/v1/plugins/counter").json()
     assert one["name"] == "counter" and one["state"] == "running"
-    r = httpx.get(f"{s.url}/api/plugins/ghost")
+    r = httpx.get(f"{s.url}/api/v1/plugins/ghost")
     assert r.status_code == 404 and r.json()["type"] == "PluginNotFound"
     r = httpx.get(f"{s.url}/api/nothing-here")
     assert r.status_code == 404 and r.json()["type"] == "NotFound"
@@ -123,12 +126,12 @@ def test_list_shows_loaded_discovered_and_broken(serve: Serve) -> None:
 
 def test_call_returns_json_and_errors_have_fitting_statuses(serve: Serve) -> None:
     s = serve()
-    assert post(s.url, "/api/plugins/counter/call/increment").json() == {"count": 1}
-    assert post(s.url, "/api/plugins/counter/call/increment", {}).json() == {"count": 2}
-    assert post(s.url, "/api/plugins/counter/call/increment", {"by": 5}).json() == {"count": 7}
-    r = httpx.post(f"{s.url}/api/plugins/hello/call/hello")  # no body at all: args {}
+    assert post(s.url, "/api/v1/plugins/counter/call/increment").json() == {"count": 1}
+    assert post(s.url, "/api/v1/plugins/counter/call/increment", {}).json() == {"count": 2}
+    assert post(s.url, "/api/v1/plugins/counter/call/increment", {"by": 5}).json() == {"count": 7}
+    r = httpx.post(f"{s.url}/api/v1/plugins/hello/call/hello")  # no body at all: args {}
     assert r.json() == {"message": "Hello from a wasm plugin!"}
-    assert post(s.url, "/api/plugins/greeter/call/add", {"a": 2, "b": 3.5}).json() == 5.5
+    assert post(s.url, "/api/v1/plugins/greeter/call/add", {"a": 2, "b": 3.5}).json() == 5.5
 
     def error(path: str, status: int, type_: str, **kw: Any) -> dict[str, Any]:
         r = httpx.post(f"{s.url}{path}", timeout=30, **kw)
@@ -137,17 +140,20 @@ def test_call_returns_json_and_errors_have_fitting_statuses(serve: Serve) -> Non
         assert body["type"] == type_ and body["error"], body
         return body
 
-    assert "ghost" in error("/api/plugins/ghost/call/x", 404, "PluginNotFound")["error"]
-    body = error("/api/plugins/counter/call/fail", 502, "PluginCallError")
+    assert "ghost" in error("/api/v1/plugins/ghost/call/x", 404, "PluginNotFound")["error"]
+    body = error("/api/v1/plugins/counter/call/fail", 502, "PluginCallError")
     assert "counter was asked to fail" in body["error"] and body["plugin"] == "counter"
-    error("/api/plugins/greeter/call/fail", 502, "PluginCallError")
-    assert "not valid JSON" in error("/api/plugins/counter/call/increment", 400, "BadRequest",
-                                     content=b"{nope")["error"]
-    error("/api/plugins/slow/call/loop", 504, "PluginTimeout")
-    error("/api/plugins/counter/call/increment?timeout=abc", 400, "BadRequest")
+    error("/api/v1/plugins/greeter/call/fail", 502, "PluginCallError")
+    for bad in (b"{nope", b"[1, 2]", b"7"):  # GoatFlow: the body must be a JSON object
+        assert error("/api/v1/plugins/counter/call/increment", 400, "BadRequest",
+                     content=bad)["error"] == "request body must be a JSON object"
+    error("/api/v1/plugins/slow/call/loop", 504, "PluginTimeout")
+    error("/api/v1/plugins/counter/call/increment?timeout=abc", 400, "BadRequest")
     # the slow plugin still answers after its timed-out call (a fresh instance serves)
-    assert post(s.url, "/api/plugins/slow/call/echo", {"x": 1}).json() == {"x": 1}
-    r = httpx.get(f"{s.url}/api/plugins/counter/call/increment")
+    # GoatFlow's direct call: the body, the client's envelope keys dropped, the caller added
+    assert post(s.url, "/api/v1/plugins/slow/call/echo", {"x": 1, "_user_id": 99}).json() == {
+        "x": 1, "_is_admin": True, "_user_id": 1, "_user_login": "admin", "_user_role": "Admin"}
+    r = httpx.get(f"{s.url}/api/v1/plugins/counter/call/increment")
     assert r.status_code == 405 and r.json()["type"] == "MethodNotAllowed"
 
 
@@ -156,57 +162,57 @@ def test_load_unload_reload(serve: Serve) -> None:
     seen: list[Event] = []
     s.state.manager.add_listener(seen.append)
 
-    r = post(s.url, "/api/plugins/counter/unload")
+    r = post(s.url, "/api/v1/plugins/counter/unload")
     assert r.status_code == 200 and r.json()["ok"] is True
     assert r.json()["plugin"]["state"] == "discovered"
     assert rows(s.url)["counter"]["state"] == "discovered"
     # An eager server does not load on call: unloaded means 404 until loaded again.
-    r = post(s.url, "/api/plugins/counter/call/increment")
+    r = post(s.url, "/api/v1/plugins/counter/call/increment")
     assert r.status_code == 404 and r.json()["type"] == "PluginNotFound"
-    r = post(s.url, "/api/plugins/counter/unload")
+    r = post(s.url, "/api/v1/plugins/counter/unload")
     assert r.status_code == 404
 
-    r = post(s.url, "/api/plugins/counter/load")
+    r = post(s.url, "/api/v1/plugins/counter/load")
     assert r.status_code == 200 and r.json()["plugin"]["state"] == "running"
-    assert post(s.url, "/api/plugins/counter/call/increment").json() == {"count": 1}
-    assert post(s.url, "/api/plugins/counter/load").json()["ok"] is True  # already: no-op
-    assert post(s.url, "/api/plugins/counter/call/increment").json() == {"count": 2}
+    assert post(s.url, "/api/v1/plugins/counter/call/increment").json() == {"count": 1}
+    assert post(s.url, "/api/v1/plugins/counter/load").json()["ok"] is True  # already: no-op
+    assert post(s.url, "/api/v1/plugins/counter/call/increment").json() == {"count": 2}
 
-    r = post(s.url, "/api/plugins/counter/reload")
+    r = post(s.url, "/api/v1/plugins/counter/reload")
     assert r.status_code == 200 and r.json() == {
         "ok": True, "action": "reload", "name": "counter", "plugin": rows(s.url)["counter"]}
-    assert post(s.url, "/api/plugins/counter/call/increment").json() == {"count": 1}
+    assert post(s.url, "/api/v1/plugins/counter/call/increment").json() == {"count": 1}
     assert [e.kind for e in seen if e.plugin == "counter"] == ["unload", "load", "reload"]
 
     greeter = s.state.manager.get("greeter")
     assert isinstance(greeter, GrpcPlugin) and greeter.pid is not None
     old_pid = greeter.pid
-    assert post(s.url, "/api/plugins/greeter/reload").json()["ok"] is True
+    assert post(s.url, "/api/v1/plugins/greeter/reload").json()["ok"] is True
     new = s.state.manager.get("greeter")
     assert isinstance(new, GrpcPlugin) and new.pid not in (None, old_pid)
     wait_until(lambda: gone(old_pid))
 
-    r = post(s.url, "/api/plugins/broken/load")
+    r = post(s.url, "/api/v1/plugins/broken/load")
     assert r.status_code == 500 and r.json()["type"] == "ManifestError"
-    assert post(s.url, "/api/plugins/ghost/reload").status_code == 404
-    r = post(s.url, "/api/plugins/counter/explode")
+    assert post(s.url, "/api/v1/plugins/ghost/reload").status_code == 404
+    r = post(s.url, "/api/v1/plugins/counter/explode")
     assert r.status_code == 404 and "unknown action" in r.json()["error"]
 
 
 def test_a_failed_reload_keeps_serving_and_shows_the_error(serve: Serve,
                                                            plugin_dir: Path) -> None:
     s = serve()
-    assert post(s.url, "/api/plugins/counter/call/increment").json() == {"count": 1}
+    assert post(s.url, "/api/v1/plugins/counter/call/increment").json() == {"count": 1}
     wasm = plugin_dir / "counter" / "counter.wasm"
     good = wasm.read_bytes()
     wasm.write_bytes(b"\0asm broken")
-    r = post(s.url, "/api/plugins/counter/reload")
+    r = post(s.url, "/api/v1/plugins/counter/reload")
     assert r.status_code == 500 and r.json()["type"] == "PluginLoadError"
     row = rows(s.url)["counter"]
     assert row["state"] == "running" and row["error"]  # the old version keeps serving
-    assert post(s.url, "/api/plugins/counter/call/increment").json() == {"count": 2}
+    assert post(s.url, "/api/v1/plugins/counter/call/increment").json() == {"count": 2}
     wasm.write_bytes(good)
-    assert post(s.url, "/api/plugins/counter/reload").json()["ok"] is True
+    assert post(s.url, "/api/v1/plugins/counter/reload").json()["ok"] is True
     assert rows(s.url)["counter"]["error"] is None  # a good version clears the last error
 
 
@@ -215,52 +221,53 @@ def test_lazy_server_loads_on_first_use(serve: Serve) -> None:
     listed = rows(s.url)
     assert {listed[n]["state"] for n in ("hello", "counter", "greeter")} == {"discovered"}
     assert listed["counter"]["version"] == "1.0.0"  # from the manifest, before loading
-    assert post(s.url, "/api/plugins/counter/call/increment").json() == {"count": 1}
+    assert post(s.url, "/api/v1/plugins/counter/call/increment").json() == {"count": 1}
     assert rows(s.url)["counter"]["state"] == "running"
     r = httpx.get(f"{s.url}/plugins/greeter/hello", timeout=30)  # a route loads it too
     assert r.status_code == 200 and r.json()["calls"] == 1
     assert rows(s.url)["greeter"]["state"] == "running"
     # unloaded, a lazy plugin stays discovered: the next call loads a fresh instance
-    assert post(s.url, "/api/plugins/counter/unload").json()["ok"] is True
-    assert post(s.url, "/api/plugins/counter/call/increment").json() == {"count": 1}
-    r = post(s.url, "/api/plugins/broken/call/x")
+    assert post(s.url, "/api/v1/plugins/counter/unload").json()["ok"] is True
+    assert post(s.url, "/api/v1/plugins/counter/call/increment").json() == {"count": 1}
+    r = post(s.url, "/api/v1/plugins/broken/call/x")
     assert r.status_code == 500 and r.json()["type"] == "ManifestError"
 
 
 def test_logs(serve: Serve) -> None:
     s = serve()
-    assert post(s.url, "/api/plugins/counter/call/reset").json() == {"count": 0}
-    records = httpx.get(f"{s.url}/api/plugins/counter/logs").json()
+    assert post(s.url, "/api/v1/plugins/counter/call/reset").json() == {"count": 0}
+    records = httpx.get(f"{s.url}/api/v1/plugins/counter/logs").json()
     assert any(r["message"] == "counter reset" and r["source"] == "plugin"
                and r["level"] == "info" for r in records)
     assert any("loaded version 1.0.0" in r["message"] for r in records)
-    last = httpx.get(f"{s.url}/api/plugins/counter/logs?last=1").json()
+    last = httpx.get(f"{s.url}/api/v1/plugins/counter/logs?last=1").json()
     assert len(last) == 1 and last[0] == records[-1]
     assert set(last[0]) == {"time", "level", "message", "source"}
-    assert httpx.get(f"{s.url}/api/plugins/counter/logs?last=0").json() == []
-    newer = httpx.get(f"{s.url}/api/plugins/counter/logs",
+    assert httpx.get(f"{s.url}/api/v1/plugins/counter/logs?last=0").json() == []
+    newer = httpx.get(f"{s.url}/api/v1/plugins/counter/logs",
                       params={"since": records[-1]["time"]}).json()
     assert newer == []
-    post(s.url, "/api/plugins/greeter/call/hello", {"name": "Ada"})
+    post(s.url, "/api/v1/plugins/greeter/call/hello", {"name": "Ada"})
     wait_until(lambda: any("greeting #1" in r["message"] for r in httpx.get(
-        f"{s.url}/api/plugins/greeter/logs").json()))
-    assert httpx.get(f"{s.url}/api/plugins/counter/logs?last=-1").status_code == 400
-    assert httpx.get(f"{s.url}/api/plugins/ghost/logs").status_code == 404
+        f"{s.url}/api/v1/plugins/greeter/logs").json()))
+    assert httpx.get(f"{s.url}/api/v1/plugins/counter/logs?last=-1").status_code == 400
+    assert httpx.get(f"{s.url}/api/v1/plugins/ghost/logs").status_code == 404
 
 
 def test_enable_disable(serve: Serve) -> None:
     s = serve()
-    assert post(s.url, "/api/plugins/counter/disable").json()["plugin"]["enabled"] is False
-    r = post(s.url, "/api/plugins/counter/call/increment")
+    r = post(s.url, "/api/v1/plugins/counter/disable").json()
+    assert r["status"] == "disabled" and r["plugin"]["enabled"] is False
+    r = post(s.url, "/api/v1/plugins/counter/call/increment")
     assert r.status_code == 503 and r.json()["type"] == "PluginDisabled"
     assert rows(s.url)["counter"]["state"] == "running"  # still loaded
-    assert post(s.url, "/api/plugins/counter/enable").json()["plugin"]["enabled"] is True
-    assert post(s.url, "/api/plugins/counter/call/increment").json() == {"count": 1}
-    assert post(s.url, "/api/plugins/ghost/disable").status_code == 404
+    assert post(s.url, "/api/v1/plugins/counter/enable").json()["plugin"]["enabled"] is True
+    assert post(s.url, "/api/v1/plugins/counter/call/increment").json() == {"count": 1}
+    assert post(s.url, "/api/v1/plugins/ghost/disable").status_code == 404
 
 
 class SSE:
-    """Reads /api/events on a thread; lines arrive on a queue."""
+    """Reads /api/v1/events on a thread; lines arrive on a queue."""
 
     def __init__(self, url: str) -> None:
         self.lines: queue.Queue[str | None] = queue.Queue()
@@ -275,7 +282,7 @@ class SSE:
 
     def _read(self, url: str) -> None:
         try:
-            with self._client.stream("GET", f"{url}/api/events") as r:
+            with self._client.stream("GET", f"{url}/api/v1/events") as r:
                 self.status, self.content_type = r.status_code, r.headers["content-type"]
                 self._opened.set()
                 for line in r.iter_lines():
@@ -323,10 +330,10 @@ def test_events_stream(serve: Serve) -> None:
         assert sse.status == 200 and sse.content_type.startswith("text/event-stream")
         sse.wait_for(lambda line: line == ": connected")  # our listener is registered
         assert s.state.hub.clients == 1
-        assert post(s.url, "/api/plugins/counter/reload").json()["ok"] is True
+        assert post(s.url, "/api/v1/plugins/counter/reload").json()["ok"] is True
         ev = sse.event("reload", "counter")
         assert set(ev) == {"kind", "plugin", "time", "detail"} and ev["detail"] == "1.0.0"
-        post(s.url, "/api/plugins/hello/disable")
+        post(s.url, "/api/v1/plugins/hello/disable")
         assert sse.event("disable", "hello")["detail"] == ""
         sse.wait_for(lambda line: line == ": keep-alive")
     finally:
@@ -405,39 +412,42 @@ def test_plugin_routes(serve: Serve, plugin_dir: Path) -> None:
     assert r.status_code == 200
     assert r.json() == {"message": "Hello, X!", "calls": 1}  # the query reaches the handler
 
-    r = httpx.get(f"{s.url}/plugins/web/echo/42", params={"q": "a b"},
-                  headers={"X-Trace": "t1", "Cookie": "session=s3cret",
-                           "Authorization": "Bearer t0ken"}, timeout=30)
-    assert r.status_code == 200
-    args = r.json()["got"]
-    assert args["method"] == "GET" and args["path"] == "/echo/42"
-    assert args["route"] == "/echo/{id}" and args["params"] == {"id": "42"}
-    assert args["query"] == {"q": "a b"} and args["headers"]["x-trace"] == "t1"
-    # the user's credentials never reach a plugin
-    assert "cookie" not in args["headers"] and "authorization" not in args["headers"]
-    assert args["body"] is None
-    args = httpx.post(f"{s.url}/plugins/web/items", json={"n": [1, 2]}).json()["got"]
-    assert args["body"] == {"n": [1, 2]} and args["params"] == {}
-    args = httpx.post(f"{s.url}/plugins/web/items", content=b"plain words").json()["got"]
-    assert args["body"] == "plain words"
-    r = httpx.post(f"{s.url}/plugins/web/items", content=b"{bad",
-                   headers={"content-type": "application/json"})
-    assert r.status_code == 400
+    for path in ("/plugins/web/echo/42", "/echo/42"):  # both mounts
+        r = httpx.get(s.url + path, params={"q": "a b"}, timeout=30,
+                      headers={"X-Trace": "t1", "Cookie": "session=s3cret",
+                               "Authorization": "Bearer t0ken"})
+        assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+        # GoatFlow's envelope; no headers, cookies or credentials reach the plugin
+        assert r.json() == {"got": {"id": "42", "q": "a b", "_method": "GET",
+                                    "_path": path, "_is_admin": True,
+                                    "_user_id": 1, "_user_login": "admin",
+                                    "_user_role": "Admin"}}
+    r = httpx.post(f"{s.url}/plugins/web/items", json={"n": [1, 2]})
+    assert r.json()["got"]["n"] == [1, 2] and r.json()["got"]["_path"] == "/plugins/web/items"
+    args = httpx.post(f"{s.url}/items", content=b"plain words").json()["got"]
+    assert args["_body"] == "plain words" and args["_method"] == "POST"
+    args = httpx.post(f"{s.url}/items", content=b"{bad",
+                      headers={"content-type": "application/json"}).json()["got"]
+    assert "_body" not in args and set(args) >= {"_method", "_path"}  # ignored, as GoatFlow
 
     r = httpx.get(f"{s.url}/plugins/web/teapot")
-    assert (r.status_code, r.text, r.headers["x-tea"]) == (418, "short and stout", "earl grey")
-    assert r.headers["content-type"].startswith("text/plain")
-    assert httpx.delete(f"{s.url}/plugins/web/items/7").status_code == 204
+    assert (r.status_code, r.json()) == (418, {"error": "short and stout"})
+    assert r.headers["content-security-policy"].startswith("sandbox")
+    r = httpx.delete(f"{s.url}/items/7")
+    assert (r.status_code, r.text) == (200, "<p>gone</p>")
+    assert r.headers["content-type"] == "text/html; charset=utf-8"
 
     r = httpx.get(f"{s.url}/plugins/web/nowhere")
     assert r.status_code == 404 and r.json()["type"] == "NotFound"
     r = httpx.put(f"{s.url}/plugins/web/items")
     assert r.status_code == 405 and r.headers["allow"] == "POST"
     assert httpx.get(f"{s.url}/plugins/ghost/x").status_code == 404
-    post(s.url, "/api/plugins/web/disable")
-    assert httpx.get(f"{s.url}/plugins/web/teapot").status_code == 503
-    post(s.url, "/api/plugins/web/unload")
+    assert post(s.url, "/api/v1/plugins/web/disable").json()["status"] == "disabled"
+    r = httpx.get(f"{s.url}/teapot")  # GoatFlow: a disabled plugin's routes answer 403
+    assert r.status_code == 403 and "disabled" in r.json()["error"]
+    post(s.url, "/api/v1/plugins/web/unload")
     assert httpx.get(f"{s.url}/plugins/web/teapot").status_code == 404  # eager: not loaded
+    assert httpx.get(f"{s.url}/teapot").status_code == 404  # its declared path is gone
 
 
 def test_graceful_shutdown_unloads_everything(serve: Serve) -> None:
@@ -477,13 +487,13 @@ def test_serve_command_runs_and_stops_gracefully_on_sigterm(plugin_dir: Path,
         def answers() -> bool:
             assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
             try:
-                return httpx.get(f"{url}/api/plugins", timeout=2).status_code == 200
+                return httpx.get(f"{url}/api/v1/plugins", timeout=2).status_code == 200
             except httpx.TransportError:
                 return False
 
         wait_until(answers, timeout=60)
         assert rows(url)["greeter"]["state"] == "running"
-        assert post(url, "/api/plugins/counter/call/increment").json() == {"count": 1}
+        assert post(url, "/api/v1/plugins/counter/call/increment").json() == {"count": 1}
         assert "plughost" in httpx.get(url).text
         children = descendants(proc.pid)
         assert children  # the greeter's process
@@ -528,11 +538,14 @@ def test_mounted_under_a_prefix(plugin_dir: Path, engine: WasmEngine) -> None:
     try:
         with serve_in_thread(outer) as s:
             listed = rows(f"{s.url}/ph")
-            assert listed["greeter"]["routes"][0]["url"] == "/ph/plugins/greeter/hello"
-            r = httpx.get(f"{s.url}/ph/plugins/greeter/hello", timeout=30)
+            assert listed["greeter"]["routes"][0]["plugin_url"] == "/ph/plugins/greeter/hello"
+            assert listed["greeter"]["routes"][0]["url"] == "/ph/hello"
+            r = httpx.get(f"{s.url}/ph/hello", timeout=30)  # its declared path, mounted
             assert r.status_code == 200 and r.json()["calls"] == 1
+            r = httpx.get(f"{s.url}/ph/plugins/greeter/hello", timeout=30)
+            assert r.status_code == 200 and r.json()["calls"] == 2
             page = httpx.get(f"{s.url}/ph/").text
-            assert 'fetch(url' in page and '"api/plugins"' in page  # relative to the page
+            assert 'fetch(url' in page and '"api/v1/plugins"' in page  # relative to the page
             s.stop()
         assert manager.names() == []
     finally:
@@ -544,26 +557,26 @@ def test_cross_site_requests_cannot_drive_the_api(serve: Serve) -> None:
     (CSRF: a text/plain POST needs no preflight); programs without Origin are unaffected."""
     s = serve()
     evil = {"origin": "https://evil.example", "content-type": "text/plain"}
-    for path in ("/api/plugins/counter/call/increment", "/api/plugins/counter/unload"):
+    for path in ("/api/v1/plugins/counter/call/increment", "/api/v1/plugins/counter/unload"):
         r = httpx.post(f"{s.url}{path}", content=b"{}", headers=evil, timeout=30)
         assert r.status_code == 403 and r.json()["type"] == "Forbidden"
-    r = httpx.post(f"{s.url}/api/plugins/counter/call/increment", content=b"{}",
+    r = httpx.post(f"{s.url}/api/v1/plugins/counter/call/increment", content=b"{}",
                    headers={"sec-fetch-site": "cross-site"}, timeout=30)
     assert r.status_code == 403
     assert s.state.manager.get("counter") is not None  # nothing was unloaded
     same = {"origin": s.url}
-    r = httpx.post(f"{s.url}/api/plugins/counter/call/increment", json={}, headers=same,
+    r = httpx.post(f"{s.url}/api/v1/plugins/counter/call/increment", json={}, headers=same,
                    timeout=30)
     assert r.status_code == 200 and r.json() == {"count": 1}  # the first call that ran
     # reads too: a cross-site GET neither reads the API nor runs a plugin's handler
-    assert httpx.get(f"{s.url}/api/plugins", headers=evil, timeout=30).status_code == 403
+    assert httpx.get(f"{s.url}/api/v1/plugins", headers=evil, timeout=30).status_code == 403
     assert httpx.get(f"{s.url}/", headers=evil, timeout=30).status_code == 200  # the page
 
 
 def test_allowed_hosts_refuse_dns_rebinding(serve: Serve) -> None:
     s = serve(allowed_hosts=["127.0.0.1", "localhost"])
-    assert httpx.get(f"{s.url}/api/plugins", timeout=30).status_code == 200
-    r = httpx.get(f"{s.url}/api/plugins", headers={"host": "attacker.example"}, timeout=30)
+    assert httpx.get(f"{s.url}/api/v1/plugins", timeout=30).status_code == 200
+    r = httpx.get(f"{s.url}/api/v1/plugins", headers={"host": "attacker.example"}, timeout=30)
     assert r.status_code == 403 and "attacker.example" in r.json()["error"]
 
 
@@ -575,7 +588,7 @@ def test_plugin_routes_are_sandboxed_and_get_no_credentials(serve: Serve) -> Non
     assert r.status_code == 200 and r.json()["message"] == "Hello, Z!"
     assert r.headers["content-security-policy"].startswith("sandbox")
     # a sandboxed page's requests carry Origin "null": refused by the guard
-    r = httpx.post(f"{s.url}/api/plugins/counter/unload", headers={"origin": "null"},
+    r = httpx.post(f"{s.url}/api/v1/plugins/counter/unload", headers={"origin": "null"},
                    timeout=30)
     assert r.status_code == 403
 
@@ -583,7 +596,7 @@ def test_plugin_routes_are_sandboxed_and_get_no_credentials(serve: Serve) -> Non
 def test_jobs_run_in_the_server_and_show_in_the_api(serve: Serve, plugin_dir: Path) -> None:
     import queue
 
-    from .test_host_functions import variant_dir
+    from .conftest import variant_dir
     from .test_jobs import T0, HandClock
 
     variant_dir(plugin_dir, "ticker", {"jobs": [
@@ -592,11 +605,11 @@ def test_jobs_run_in_the_server_and_show_in_the_api(serve: Serve, plugin_dir: Pa
     s = serve(job_clock=clock)
     ran: queue.Queue[Any] = queue.Queue()
     s.state.manager.add_listener(lambda e: ran.put(e) if e.kind == "job_run" else None)
-    (job,) = httpx.get(f"{s.url}/api/jobs").json()
+    (job,) = httpx.get(f"{s.url}/api/v1/jobs").json()
     assert (job["plugin"], job["id"], job["next_run"], job["last_run"]) == (
         "ticker", "tick", T0 + 30, None)
     clock.advance(30)
     assert ran.get(timeout=15).plugin == "ticker"
-    (job,) = httpx.get(f"{s.url}/api/jobs", params={"plugin": "ticker"}).json()
+    (job,) = httpx.get(f"{s.url}/api/v1/jobs", params={"plugin": "ticker"}).json()
     assert (job["last_status"], job["last_run"], job["next_run"]) == ("ok", T0 + 30, T0 + 60)
-    assert httpx.get(f"{s.url}/api/jobs", params={"plugin": "hello"}).json() == []
+    assert httpx.get(f"{s.url}/api/v1/jobs", params={"plugin": "hello"}).json() == []

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 if TYPE_CHECKING:  # the same names, for type checkers (`X as X` re-exports them)
+    from .callers import Caller as Caller
     from .discovery import DiscoveredPlugin as DiscoveredPlugin
     from .errors import CallCycle as CallCycle
     from .errors import HostCallError as HostCallError
@@ -62,6 +63,7 @@ if TYPE_CHECKING:  # the same names, for type checkers (`X as X` re-exports them
     from .runtimes.wasm import WasmEngine as WasmEngine
 
 _EXPORTS = {
+    "Caller": ".callers",
     "DefaultHostAPI": ".host",
     "DiscoveredPlugin": ".discovery",
     "Event": ".manager",

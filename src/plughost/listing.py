@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .lifecycle import ListedState
+from .routing import method_of
 
 if TYPE_CHECKING:
     from .loader import Loader
@@ -66,9 +67,26 @@ def _fill_loaded(manager: Manager, row: dict[str, Any], info: PluginInfo, root: 
     row.update(state=info.state, version=info.version, loaded_at=info.loaded_at,
                enabled=info.enabled, inflight=info.inflight,
                description=reg.description or row["description"],
-               routes=[{"method": r.method.upper(), "path": r.path, "handler": r.handler,
-                        "url": f"{root}/plugins/{name}/{r.path.lstrip('/')}"}
-                       for r in reg.routes])
+               routes=_routes(manager, name, root))
+
+
+def _routes(manager: Manager, name: str, root: str) -> list[dict[str, Any]]:
+    """The registration's route specs as GoatFlow lists them, each with where plughost
+    serves it: `url` (its declared path), `plugin_url` (under `/plugins/<name>/`) and
+    `mounted` (false: skipped, e.g. for an unknown middleware; the log says why)."""
+    plugin = manager.get(name)
+    if plugin is None:
+        return []
+    mounted = {(r.method, r.path) for r in manager.routes.routes_of(name)}
+    out = []
+    for r in plugin.registration.routes:
+        method = method_of(r.method)
+        out.append({"method": method, "path": r.path, "handler": r.handler,
+                    "middleware": list(r.middleware), "description": r.description,
+                    "url": f"{root}{r.path}",
+                    "plugin_url": f"{root}/plugins/{name}/{r.path.lstrip('/')}",
+                    "mounted": (method, r.path) in mounted})
+    return out
 
 
 def grants_text(row: dict[str, Any]) -> str:

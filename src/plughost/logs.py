@@ -86,6 +86,11 @@ class PluginLog:
     def error(self, message: str, source: str = "host") -> None:
         self.log(logging.ERROR, message, source)
 
+    def clear(self) -> None:
+        with self._lock:
+            self._records.clear()
+            self._chars = 0
+
     def records(self, last: int | None = None) -> list[LogRecord]:
         with self._lock:
             if last is None or last >= len(self._records):

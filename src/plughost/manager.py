@@ -38,6 +38,7 @@ from .host.policy import POLICY_FILE, Policy, PolicyBook
 from .lifecycle import EventKind, PluginState
 from .logs import PluginLog
 from .plugin import Plugin
+from .routing import RouteTable
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -147,6 +148,8 @@ class Manager:
             HostSettings().data_dir
         self.policies = PolicyBook(policies, data_dir / POLICY_FILE)
         self.drain_timeout = drain_timeout
+        #: every registered plugin's routes, checked for collisions as it registers
+        self.routes = RouteTable()
         self._entries: dict[str, _Entry] = {}
         self._logs: dict[str, PluginLog] = {}
         self._lock = threading.Lock()
@@ -166,6 +169,11 @@ class Manager:
                 log = self._logs[name] = PluginLog(name, self._log_capacity)
             return log
 
+    def logs(self) -> dict[str, PluginLog]:
+        """Every plugin log buffer kept now, by plugin name."""
+        with self._lock:
+            return dict(self._logs)
+
     def _refuse_if_closed(self, plugin: Plugin) -> None:
         # lock held. The caller shuts the refused plugin down (a late load leaves nothing).
         if self._closed:
@@ -177,9 +185,16 @@ class Manager:
             if plugin.name in self._entries:
                 raise PluginLoadError("a plugin of this name is already registered",
                                       plugin=plugin.name)
+            warnings = self.routes.install(plugin.name, plugin.registration.routes)
             self._entries[plugin.name] = _Entry(plugin)
+        self._route_warnings(plugin, warnings)
         self.host.translations.install(plugin.name, plugin.registration.i18n)
         self._emit(Event("load", plugin.name, detail=plugin.registration.version))
+
+    @staticmethod
+    def _route_warnings(plugin: Plugin, warnings: list[str]) -> None:
+        for text in warnings:  # e.g. an unknown middleware: that route is not mounted
+            plugin.log.warning(text, source="host")
 
     def get(self, name: str) -> Plugin | None:
         with self._lock:
@@ -216,7 +231,10 @@ class Manager:
             new = _Entry(plugin)
             if old is not None:
                 new.enabled = old.enabled
+            # A route that collides refuses the new version; the old one keeps serving.
+            warnings = self.routes.install(plugin.name, plugin.registration.routes)
             self._entries[plugin.name] = new
+        self._route_warnings(plugin, warnings)
         self.host.translations.install(plugin.name, plugin.registration.i18n)
         if old is None:
             self._emit(Event("load", plugin.name, detail=plugin.registration.version))
@@ -229,6 +247,7 @@ class Manager:
         """Remove `name` from the registry, drain its calls and shut it down."""
         with self._lock:
             entry = self._entries.pop(name, None)
+            self.routes.remove(name)
         if entry is None:
             raise PluginNotFound("not loaded", plugin=name)
         self.host.translations.remove(name)
@@ -275,6 +294,7 @@ class Manager:
         for t in threads:
             t.join(max(0.0, end - time.monotonic()))
         for e in entries:
+            self.routes.remove(e.plugin.name)
             self.host.translations.remove(e.plugin.name)
             self._emit(Event("unload", e.plugin.name))
 
@@ -350,6 +370,23 @@ class Manager:
         finally:
             entry.done()
 
+    def ping(self, name: str, function: str = "__health_ping__", *,
+             timeout: float = 5.0) -> bytes:
+        """A health probe: call `function` with no arguments, enabled or not, without the
+        failed-call log line and event a real call gets (a probe of a plugin that does not
+        implement it would otherwise fill the log every minute). Raises as `call_raw`."""
+        with self._lock:
+            entry = self._entries.get(name)
+            if entry is None or self._closed:
+                raise PluginNotFound("not loaded", plugin=name)
+            with entry.cond:
+                entry.inflight += 1
+        try:
+            with chain.entered(name, _limit_of(entry.plugin, timeout), b"") as deadline:
+                return entry.plugin.call(function, b"", deadline=deadline)
+        finally:
+            entry.done()
+
     def _call_failed(self, name: str, exc: PlughostError) -> None:
         """A failed call is a line in the plugin's log and a `call_error` event, so the
         operator sees it where they look for the plugin's health, not only the caller."""
@@ -390,6 +427,13 @@ class Manager:
         outer = None if timeout is None else timeout + 0.5
         return await self._run_within(
             outer, name, lambda: self.call(name, function, args, timeout=timeout))
+
+    async def acall_raw(self, name: str, function: str, args: bytes, *,
+                        timeout: float | None = None) -> bytes:
+        """`call_raw` for asyncio (JSON bytes in and out, e.g. a route's envelope)."""
+        outer = None if timeout is None else timeout + 0.5
+        return await self._run_within(
+            outer, name, lambda: self.call_raw(name, function, args, timeout=timeout))
 
     async def run_blocking(self, fn: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs
                            ) -> _R:

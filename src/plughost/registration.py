@@ -33,6 +33,9 @@ class Route(_Open):
     method: str = "GET"
     path: str
     handler: str
+    #: GoatFlow's middleware names (routing.py); none: a public route
+    middleware: list[str] = Field(default_factory=list)
+    description: str = ""
 
     @field_validator("path")
     @classmethod
@@ -49,10 +52,13 @@ class Route(_Open):
 class Widget(_Open):
     id: str
     title: str = ""
+    description: str = ""
     handler: str
     location: str = ""
     size: str = ""
     order: int = 0
+    refreshable: bool = False
+    refresh_sec: int = 0
 
 
 class Job(_Open):
@@ -87,6 +93,10 @@ class Registration(_Open):
     i18n: dict[str, Any] = Field(default_factory=dict)
     error_codes: list[Any] = Field(default_factory=list)
     min_host_version: str = ""
+    #: true: the host adds no `_org_id`/`org_id` to a route's arguments
+    skip_org_injection: bool = False
+    #: the function asked before an event-stream subscription (empty: any agent may)
+    event_authorizer: str = ""
     #: plughost's flat permission names (the manifest's shorthands); legacy in GoatFlow
     permissions: list[str] = Field(default_factory=list)
     resources: RegistrationResources = Field(default_factory=RegistrationResources)

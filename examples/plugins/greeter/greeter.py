@@ -25,8 +25,9 @@ def hello(args: dict[str, Any]) -> dict[str, Any]:
     calls += 1
     greeting = sdk.host.config_get("greeting") or "Hello"
     sdk.host.call("log", {"level": "info", "message": f"greeting #{calls}"})
-    # Called directly ({"name": ...}) or through its route GET /plugins/greeter/hello?name=...
-    name = args.get("name") or args.get("query", {}).get("name") or "world"
+    # Called directly ({"name": ...}) or through its route GET /hello?name=... (the query
+    # parameters are top-level keys of the arguments, as GoatFlow passes them)
+    name = args.get("name") or "world"
     return {"message": f"{greeting}, {name}!", "calls": calls}
 
 

@@ -34,7 +34,11 @@ def _float(x: float) -> str:
     a = abs(x)
     if 1e-6 <= a < 1e21:
         if x == int(x):
-            return str(int(x))
+            if a < 2**53:  # exact, and already the shortest digits
+                return str(int(x))
+            # Go writes the shortest digits, padded: 12345678901234567000, not ...7168
+            digits, exp = shortest(x)
+            return ("-" if x < 0 else "") + digits + "0" * (exp + 1 - len(digits))
         text = repr(x)
         if "e" not in text:
             return text

@@ -19,19 +19,42 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from ..callers import OPERATOR, Caller, IdentityHook
 from ..jobs import Clock, Scheduler
 from ..loader import Loader
 from ..manager import Manager
-from . import api
+from ..routing import parse_pattern
+from . import api, routes
 from .auth import TokenCheck
 from .errors import error_json
 from .events import EventHub
 from .guard import Guard
+from .results import Layout, default_layout
 from .state import ServerState
 
 logger = logging.getLogger(__name__)
 
 _ALL = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+#: The host's own paths (patterns): no plugin route may reach them, and with an API token
+#: every one but the page and the login needs it.
+API_PATHS = ("/", "/api/v1/login", "/api/v1/events", "/api/v1/jobs", "/api/v1/plugins",
+             "/api/v1/plugins/*rest")
+#: Where every plugin's routes are also served (their middleware decides who may call).
+PLUGIN_MOUNT = ("/plugins/:name", "/plugins/:name/*rest")
+
+
+def token_identity(check: TokenCheck | None) -> IdentityHook:
+    """`plughost serve`'s identity hook: the API token's holder is the operator (an
+    admin); without a token (a loopback server), every client is."""
+
+    def identify(request: Request) -> Caller | None:
+        if check is None:
+            return OPERATOR
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        return OPERATOR if check.allows(headers) else None
+
+    return identify
 
 
 def admin_html() -> str:
@@ -43,7 +66,9 @@ def create_app(manager: Manager, loader: Loader, *, watch: bool = True,
                max_body: int = 16 * 1024 * 1024, sse_queue_size: int = 256,
                allowed_hosts: list[str] | None = None, token: str | None = None,
                body_timeout: float = 30.0, jobs: bool = True,
-               job_clock: Clock | None = None) -> Starlette:
+               job_clock: Clock | None = None, identify: IdentityHook | None = None,
+               layout: Layout = default_layout,
+               webhook_allow_unsigned: bool = False) -> Starlette:
     """The server app. The caller keeps ownership of `manager` (close it after the app
     stopped); the app loads `loader`'s directory on start and unloads it on shutdown.
 
@@ -51,7 +76,16 @@ def create_app(manager: Manager, loader: Loader, *, watch: bool = True,
     additionally refuses other `Host` headers (DNS rebinding). With `token`, every request
     but the admin page and `POST /api/login` must carry it. A request body must arrive
     within `body_timeout` seconds (408 otherwise). With `jobs`, the registrations' jobs run
-    on their schedules (`job_clock`: the scheduler's clock, for tests)."""
+    on their schedules (`job_clock`: the scheduler's clock, for tests).
+
+    `identify` says who a request's caller is (callers.Caller; docs/embedding.md); without
+    it, the API token's holder is the operator (`token_identity`). `layout` wraps a
+    plugin's non-raw `html` result in the application's page. Plugin routes are served at
+    their declared paths (the manager's route table refuses one that reaches the host's
+    own paths) and under `/plugins/<name>/`; `webhook_allow_unsigned` lets `webhook`
+    routes of plugins without a secret through."""
+    for path in (*API_PATHS, *PLUGIN_MOUNT):
+        manager.routes.reserve(path)
     hub = EventHub(manager, queue_size=sse_queue_size, keepalive=keepalive)
     check = TokenCheck(token) if token is not None else None
     timezone = getattr(getattr(manager.host.api, "settings", None), "app_config", {}).get(
@@ -59,7 +93,9 @@ def create_app(manager: Manager, loader: Loader, *, watch: bool = True,
     scheduler = Scheduler(manager, clock=job_clock, timezone=timezone) if jobs else None
     state = ServerState(manager, loader, hub, watch=watch, debounce_ms=debounce_ms,
                         max_body=max_body, body_timeout=body_timeout, token=check,
-                        scheduler=scheduler)
+                        scheduler=scheduler,
+                        identify=identify if identify is not None else token_identity(check),
+                        layout=layout, webhook_allow_unsigned=webhook_allow_unsigned)
     page = admin_html()
 
     @asynccontextmanager
@@ -97,21 +133,33 @@ def create_app(manager: Manager, loader: Loader, *, watch: bool = True,
     async def internal_error(request: Request, exc: Exception) -> Response:
         return error_json(f"internal error: {exc!r}", type(exc).__name__, 500)
 
-    routes = [
+    v1 = "/api/v1"
+    endpoints = [
         Route("/", index, methods=["GET"]),
-        Route("/api/login", api.login, methods=["POST"]),
-        Route("/api/plugins", api.list_plugins, methods=["GET"]),
-        Route("/api/events", api.events, methods=["GET"]),
-        Route("/api/jobs", api.jobs, methods=["GET"]),
-        Route("/api/plugins/{name}", api.get_plugin, methods=["GET"]),
-        Route("/api/plugins/{name}/logs", api.logs, methods=["GET"]),
-        Route("/api/plugins/{name}/call/{function}", api.call, methods=["POST"]),
-        Route("/api/plugins/{name}/{action}", api.action, methods=["POST"]),
-        Route("/plugins/{name}", api.plugin_route, methods=_ALL),
-        Route("/plugins/{name}/{path:path}", api.plugin_route, methods=_ALL),
+        Route(f"{v1}/login", api.login, methods=["POST"]),
+        Route(f"{v1}/events", api.events, methods=["GET"]),
+        Route(f"{v1}/jobs", api.jobs, methods=["GET"]),
+        Route(f"{v1}/plugins", api.list_plugins, methods=["GET"]),
+        Route(f"{v1}/plugins/logs", api.all_logs, methods=["GET"]),
+        Route(f"{v1}/plugins/logs", api.clear_logs, methods=["DELETE"]),
+        Route(f"{v1}/plugins/{{name}}", api.get_plugin, methods=["GET"]),
+        Route(f"{v1}/plugins/{{name}}/logs", api.logs, methods=["GET"]),
+        Route(f"{v1}/plugins/{{name}}/call/{{function}}", api.call, methods=["POST"]),
+        Route(f"{v1}/plugins/{{name}}/{{action}}", api.action, methods=["POST"]),
+        Route("/plugins/{name}", routes.plugin_route, methods=_ALL),
+        Route("/plugins/{name}/{path:path}", routes.plugin_route, methods=_ALL),
+        # Anything else may be a plugin route at its declared path (GoatFlow's "no route"
+        # handler): the host's own endpoints above always win.
+        Route("/{path:path}", routes.declared_route, methods=_ALL),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan,
-                    middleware=[Middleware(Guard, allowed_hosts=allowed_hosts, token=check)],
+    protected = [parse_pattern(p) for p in API_PATHS]
+
+    def needs_token(path: str) -> bool:
+        return any(p.match(path) is not None for p in protected)
+
+    app = Starlette(routes=endpoints, lifespan=lifespan,
+                    middleware=[Middleware(Guard, allowed_hosts=allowed_hosts, token=check,
+                                           needs_token=needs_token)],
                     exception_handlers={HTTPException: http_error, Exception: internal_error})
     app.state.plughost = state
     return app

@@ -4,7 +4,7 @@ A server on a non-loopback address requires a token, unless the operator explici
 `--insecure-no-auth`. The token comes from the `--token` flag or `PLUGHOST_API_TOKEN`.
 Failing that, it is the one stored in `<data dir>/api-token` (mode 0600), and failing that
 a new one is generated, stored there and printed once. Clients send it as
-`Authorization: Bearer <token>`. The admin page asks for it once and `POST /api/login`
+`Authorization: Bearer <token>`. The admin page asks for it once and `POST /api/v1/login`
 turns it into an HttpOnly, SameSite=Strict cookie, which `EventSource` also sends.
 
 Whether an address is loopback is decided by the address (`ipaddress`), never by its

@@ -144,7 +144,7 @@ class EventStream(Response):
     Each event is one `data: {"kind", "plugin", "time", "detail"}` message (a
     `plugin_event` adds `channel` and `event_type`; its data is `detail`); a comment line
     every `keepalive` seconds keeps proxies from closing an idle stream; `event: dropped`
-    tells a slow client how many events it lost (it should re-read /api/plugins).
+    tells a slow client how many events it lost (it should re-read /api/v1/plugins).
     """
 
     media_type = "text/event-stream"

@@ -9,28 +9,32 @@ Checked in this order, before any route runs:
   API, nor run a plugin's route handler with a GET, HEAD or OPTIONS (a handler may act on
   any method). Browsers send these headers; curl and other programs send none and are
   unaffected. The admin page itself (`GET /`) may be opened from anywhere: it is static.
-- With a token (see auth.py), every request but the admin page and `POST /api/login` must
-  carry it, or gets 401.
+- With a token (see auth.py), every request to the host's own endpoints but the admin page
+  and `POST /api/v1/login` must carry it, or gets 401. Plugin routes are not the token's:
+  their middleware decides (a route without middleware is public, as in GoatFlow).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .auth import TokenCheck
 
-_OPEN = frozenset({("GET", "/"), ("HEAD", "/"), ("POST", "/api/login")})
+_OPEN = frozenset({("GET", "/"), ("HEAD", "/"), ("POST", "/api/v1/login")})
 
 
 class Guard:
     def __init__(self, app: ASGIApp, allowed_hosts: list[str] | None = None,
-                 token: TokenCheck | None = None) -> None:
+                 token: TokenCheck | None = None,
+                 needs_token: Callable[[str], bool] = lambda path: True) -> None:
         self.app = app
         self.allowed = {h.lower() for h in allowed_hosts} if allowed_hosts else None
         self.token = token
+        self.needs_token = needs_token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -68,7 +72,7 @@ class Guard:
             if origin is not None and urlsplit(origin).netloc.lower() != host.lower():
                 return 403, f"cross-origin request from {origin!r} refused"
         if self.token is not None and (method, path) not in _OPEN \
-                and not self.token.allows(headers):
+                and self.needs_token(path) and not self.token.allows(headers):
             return 401, "this server needs its API token (Authorization: Bearer <token>)"
         return 200, None
 

@@ -1,60 +1,39 @@
-"""Plugin routes (docs/server.md): a registration's `routes` served under `/plugins/<name>/`.
+"""Plugin routes (docs/server.md, "Routes"): a registration's `routes`, served at the
+paths they declare and under `/plugins/<name>/`, with GoatFlow's middleware, argument
+envelope (envelope.py) and result mapping (results.py).
 
-Routes are read from the registry at request time, so a reload that changes them takes
-effect at once and a lazy plugin's routes exist as soon as its first request loads it.
-
-The handler function gets `{"method", "path", "route", "params", "query", "headers",
-"body"}`; a dict result with `status` and/or `body` (and optional `headers`) is the
-response, any other result is sent as JSON.
+Routes are read from the manager's route table at request time, so a reload that changes
+them takes effect at once; a lazy plugin's declared paths exist once it is loaded (its
+`/plugins/<name>/...` paths load it).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import inspect
 import json
-import re
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
+from starlette.routing import Match
 
-from ..registration import ROUTE_PARAM, Route
+from ..callers import Caller
+from ..errors import (
+    HostCallError,
+    PlughostError,
+    PluginDisabled,
+    PluginNotFound,
+    PluginTimeout,
+    PluginUnavailable,
+)
+from ..host import gojson
+from ..routing import MountedRoute
+from . import access
+from .envelope import MAX_ROUTE_BODY, declared_length, route_args
 from .errors import error_json
-
-_PRIVATE_HEADERS = frozenset({"cookie", "authorization", "proxy-authorization"})
-_SANDBOX = {"content-security-policy": "sandbox allow-scripts allow-forms",
-            "x-content-type-options": "nosniff"}
-
-
-@functools.lru_cache(maxsize=1024)
-def compile_path(path: str) -> re.Pattern[str]:
-    """`/items/{id}` (or gin's `/items/:id`) as a regex; `{rest:path}` spans segments."""
-    parts = []
-    for segment in path.strip("/").split("/"):
-        m = ROUTE_PARAM.match(segment)
-        if m is None:
-            parts.append(re.escape(segment))
-        elif m.group(2):
-            parts.append(f"(?P<{m.group(1)}>.*)")
-        else:
-            parts.append(f"(?P<{m.group(1) or m.group(3)}>[^/]+)")
-    return re.compile("^/" + "/".join(parts) + "/?$")
-
-
-def match_route(routes: list[Route], method: str, path: str
-                ) -> tuple[Route | None, dict[str, str], list[str]]:
-    """The route for `method path`, its parameters, and the methods the path allows."""
-    allowed: list[str] = []
-    for route in routes:
-        m = compile_path(route.path).match(path)
-        if m is None:
-            continue
-        want = route.method.upper()
-        if want in ("*", "ANY") or want == method or (method == "HEAD" and want == "GET"):
-            return route, m.groupdict(), allowed
-        allowed.append(want)
-    return None, {}, allowed
+from .results import error_response, to_response
+from .state import ServerState, state_of
 
 
 class BodyTimeout(Exception):
@@ -93,74 +72,147 @@ def parse_json(raw: bytes) -> Any:
                          f"{text if len(text) < 200 else text[:200] + '...'}") from None
 
 
-def request_args(request: Request, path: str, route: Route, params: dict[str, str],
-                 raw: bytes) -> dict[str, Any]:
-    """What a route handler is called with. Raises ValueError for a body it cannot take."""
-    body: Any = None
-    if raw:
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype == "application/json" or ctype.endswith("+json"):
-            body = parse_json(raw)
-        else:
-            body = raw.decode("utf-8", "replace")
-    headers: dict[str, str] = {}
-    for key, value in request.headers.items():
-        if key in _PRIVATE_HEADERS:  # the user's credentials are not the plugin's business
-            continue
-        headers[key] = f"{headers[key]}, {value}" if key in headers else value
-    return {"method": request.method, "path": path, "route": route.path, "params": params,
-            "query": dict(request.query_params), "headers": headers, "body": body}
+
+async def caller_of(request: Request) -> Caller | None:
+    """Who the identity hook says is calling (None: anonymous)."""
+    hook = state_of(request).identify
+    if hook is None:
+        return None
+    found = hook(request)
+    if inspect.isawaitable(found):
+        found = await found
+    return found if isinstance(found, Caller) else None
 
 
-#: Response headers a plugin may not send: the admin page shares the plugin routes'
-#: origin, so a plugin must not set or clear its cookies.
-_FORBIDDEN_HEADERS = frozenset({"set-cookie", "set-cookie2", "clear-site-data"})
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+def credentials_sent(request: Request) -> bool:
+    return "authorization" in request.headers or bool(request.cookies)
 
 
-def _bad(plugin: str, why: str) -> Response:
-    return error_json(f"plugin {plugin!r}: route handler returned a response HTTP cannot "
-                      f"carry ({why})", "BadPluginResponse", 502)
+def call_error(exc: PlughostError) -> Response:
+    """A failed route call, as GoatFlow's router answers it (plughost tells timeouts and
+    unavailable plugins apart)."""
+    if isinstance(exc, PluginNotFound):
+        status = 404
+    elif isinstance(exc, PluginDisabled):
+        status = 403
+    elif isinstance(exc, PluginTimeout):
+        status = 504
+    elif isinstance(exc, PluginUnavailable):  # its load failed, it crash-looped
+        status = 503
+    else:
+        status = 500
+    return error_response(str(exc), status)
 
 
-def to_response(plugin: str, result: Any) -> Response:
-    """A handler's result as the HTTP response (see the module docstring). What HTTP
-    cannot carry (a 1xx status, a bad header name or value, NaN in JSON) is a 502 JSON
-    error; cookie headers are dropped."""
+async def _read(request: Request, st: ServerState, limit: int, too_big: str
+                ) -> bytes | Response:
+    if declared_length(request) > limit:
+        return error_response(too_big, 413)
     try:
-        return _to_response(plugin, result)
-    except (ValueError, TypeError, UnicodeError) as exc:  # e.g. NaN, a non-latin-1 value
-        return _bad(plugin, f"{type(exc).__name__}: {exc}")
+        return await read_body(request, limit, st.body_timeout)
+    except OverflowError:
+        return error_response(too_big, 413)
+    except BodyTimeout as exc:
+        return error_json(str(exc), "RequestTimeout", 408)
 
 
-def _to_response(plugin: str, result: Any) -> Response:
-    if not (isinstance(result, dict) and ("status" in result or "body" in result)):
-        return JSONResponse(result, headers=dict(_SANDBOX))
-    status = result.get("status", 200)
-    headers = result.get("headers") or {}
-    if (not isinstance(status, int) or isinstance(status, bool) or not 200 <= status <= 599
-            or not isinstance(headers, dict)):
-        return _bad(plugin, "status must be an integer 200-599, headers an object")
-    hdrs: dict[str, str] = {}
-    for k, v in headers.items():
-        name, value = str(k), str(v)
-        if not _TOKEN.match(name):
-            return _bad(plugin, f"header name {name[:60]!r}")
-        if any(c in value for c in "\r\n\0"):
-            return _bad(plugin, f"header {name!r} has a control character")
-        value.encode("latin-1")  # UnicodeEncodeError: handled above
-        if name.lower() not in _FORBIDDEN_HEADERS:
-            hdrs[name] = value
-    # A plugin's page shares the admin page's origin: sandbox it, so its scripts run in an
-    # opaque origin and cannot drive the admin API (the guard refuses origin "null").
-    hdrs.update(_SANDBOX)
-    body = result.get("body")
-    has_type = any(k.lower() == "content-type" for k in hdrs)
-    if body is None:
-        return Response(b"", status_code=status, headers=hdrs)
-    if isinstance(body, str):
-        return Response(body, status_code=status, headers=hdrs,
-                        media_type=None if has_type else "text/plain")
-    if has_type:
-        return Response(json.dumps(body, allow_nan=False), status_code=status, headers=hdrs)
-    return JSONResponse(body, status_code=status, headers=hdrs)
+async def serve_route(request: Request, route: MountedRoute, params: dict[str, str]
+                      ) -> Response:
+    """Run one matched route: body, middleware, envelope, call, response."""
+    st = state_of(request)
+    webhook = any(m.kind == "webhook" for m in route.middleware)
+    body = b""
+    if webhook or declared_length(request) > 0:
+        read = await _read(request, st, access.WEBHOOK_MAX_BODY if webhook
+                           else MAX_ROUTE_BODY,
+                           "webhook body too large" if webhook
+                           else "plugin request body too large")
+        if isinstance(read, Response):
+            return read
+        body = read
+    if webhook:
+        refused = await access.check_webhook(request, route, body, st.webhooks,
+                                             lambda p: _webhook_secret(st, p),
+                                             st.webhook_allow_unsigned)
+        if refused is not None:
+            return refused
+        if declared_length(request) == 0:
+            body = b""  # GoatFlow reads a body into the envelope only when declared
+    caller = await caller_of(request)
+    refused = access.authorize(route, caller, credentials_sent(request))
+    if refused is not None:
+        return refused
+    plugin = st.manager.get(route.plugin)
+    with_org = plugin is None or not plugin.registration.skip_org_injection
+    args = route_args(request, params, body, caller, with_org=with_org)
+    try:
+        raw = await st.manager.acall_raw(route.plugin, route.handler, gojson.dumps(args))
+    except PlughostError as exc:
+        return call_error(exc)
+    return to_response(raw, st.layout)
+
+
+async def _webhook_secret(st: ServerState, plugin: str) -> str | None:
+    api = st.manager.host.api
+
+    def lookup() -> str | None:
+        if api is None:  # a custom host table without backends: no secrets to read
+            return None
+        try:
+            return api.secure_config_get(plugin, 0, f"{plugin}_webhook_secret")
+        except HostCallError:
+            return None
+
+    return await asyncio.to_thread(lookup)
+
+
+async def declared_route(request: Request) -> Response:
+    """A request no endpoint of the host took: a plugin's route at its declared path,
+    else 404 (405 with `Allow` when only the method is wrong)."""
+    st = state_of(request)
+    path = request.url.path[len(str(request.scope.get("root_path", ""))):] or "/"
+    route, params, allowed = st.manager.routes.match(request.method, path)
+    if route is None:
+        allowed = allowed or _host_methods(request)
+        if allowed:
+            return error_json(f"{request.method} is not allowed on {path}",
+                              "MethodNotAllowed", 405, headers={"allow": ", ".join(allowed)})
+        return error_json(f"no route for {request.method} {path}", "NotFound", 404)
+    return await serve_route(request, route, params)
+
+
+def _host_methods(request: Request) -> list[str]:
+    """The methods of a host endpoint whose path this is (it was only the method that
+    did not match, so the request fell through to here)."""
+    methods: list[str] = []
+    for endpoint in request.app.router.routes:
+        if getattr(endpoint, "endpoint", None) is declared_route:
+            continue
+        match, _ = endpoint.matches({**request.scope, "method": "\0"})
+        if match == Match.PARTIAL:
+            methods += sorted(getattr(endpoint, "methods", None) or ())
+    return methods
+
+
+async def plugin_route(request: Request) -> Response:
+    """`/plugins/<name>/<path>`: the plugin's route for this method and path (loads a
+    lazy plugin first)."""
+    st = state_of(request)
+    name = request.path_params["name"]
+    path = "/" + request.path_params.get("path", "")
+    if st.manager.get(name) is None and st.loader.knows(name):
+        try:  # loads it (lazy) or says why it is not serving (its load failed)
+            await st.manager.run_blocking(st.loader.load_for_call, name)
+        except PlughostError as exc:
+            return call_error(exc)
+    if st.manager.get(name) is None:
+        return error_response(str(PluginNotFound("no such plugin is loaded or discovered",
+                                                 plugin=name)), 404)
+    route, params, allowed = st.manager.routes.match(request.method, path, plugin=name)
+    if route is None:
+        if allowed:
+            return error_json(f"plugin {name!r}: {request.method} is not allowed on {path}",
+                              "MethodNotAllowed", 405, headers={"allow": ", ".join(allowed)})
+        return error_json(f"plugin {name!r}: no route for {request.method} {path}",
+                          "NotFound", 404)
+    return await serve_route(request, route, params)

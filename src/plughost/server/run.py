@@ -30,7 +30,7 @@ class PlughostServer(uvicorn.Server):
     """uvicorn's Server, plus what a plughost app needs to stop cleanly.
 
     - At shutdown the app's event streams end first; uvicorn would otherwise wait for the
-      never-ending `/api/events` responses before it runs the app's shutdown.
+      never-ending `/api/v1/events` responses before it runs the app's shutdown.
     - SIGINT/SIGTERM only ask for a graceful shutdown (a second SIGINT forces it), and are
       not re-raised afterwards, so a service stopped with SIGTERM exits 0.
     - `on_ready(server)` runs once the socket is listening (plugins already loaded).

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 from starlette.requests import Request
 
+from ..callers import IdentityHook
 from ..jobs import Scheduler
 from ..loader import Loader
 from ..manager import Manager
+from .access import WebhookLimiter
 from .auth import TokenCheck
 from .events import EventHub
+from .results import Layout, default_layout
 
 
 @dataclass
@@ -25,6 +28,10 @@ class ServerState:
     body_timeout: float = 30.0  # seconds to receive a whole request body
     token: TokenCheck | None = None  # the API token, when the server needs one
     scheduler: Scheduler | None = None  # runs the registrations' jobs (None: jobs off)
+    identify: IdentityHook | None = None  # who a request's caller is (None: anonymous)
+    layout: Layout = default_layout  # the page around a plugin's non-raw `html` result
+    webhooks: WebhookLimiter = field(default_factory=WebhookLimiter)
+    webhook_allow_unsigned: bool = False  # accept webhooks of plugins without a secret
 
 
 def state_of(request: Request) -> ServerState:
