@@ -96,6 +96,16 @@ def plugins(tmp_path: Path) -> Path:
     return d
 
 
+@pytest.fixture(autouse=True)
+def private_data_dir(tmp_path_factory: pytest.TempPathFactory,
+                     monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own default data dir (`$XDG_DATA_HOME/plughost`): the admin
+    state, policies, keys and databases a test leaves behind must not reach another."""
+    home = tmp_path_factory.mktemp("xdg-data")
+    monkeypatch.setenv("XDG_DATA_HOME", str(home))
+    return home / "plughost"
+
+
 @pytest.fixture
 def manager() -> Iterator[Manager]:
     m = Manager(drain_timeout=10.0)

@@ -151,7 +151,7 @@ def test_a_template_plugin_loads_and_has_nothing_to_call(
     assert loader.load_all() == (1, [])
     plugin = manager.get("theme-dark")
     assert plugin is not None and plugin.kind == "template"
-    assert [t["name"] for t in plugin.registration.templates] == ["base.html",
+    assert [t.name for t in plugin.registration.templates] == ["base.html",
                                                                    "partials/nav.html"]
     with pytest.raises(PluginCallError, match="template plugin"):
         manager.call("theme-dark", "anything")

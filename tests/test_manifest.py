@@ -642,12 +642,13 @@ FULL_REGISTRATION: dict[str, Any] = {
     "homepage": "https://example.com",
     "routes": [{"method": "POST", "path": "/count", "handler": "count"},
                {"path": "/list", "handler": "list"}],
-    "menu_items": [{"title": "Stats", "path": "/stats"}],
+    "menu_items": [{"id": "stats", "label": "Stats", "path": "/stats", "order": 2,
+                    "children": [{"id": "week", "label": "stats.week"}]}],
     "widgets": [{"id": "w1", "title": "Counter", "handler": "widget", "location": "dashboard",
                  "size": "small", "order": 3}],
     "jobs": [{"id": "j1", "handler": "tick", "schedule": "*/5 * * * *", "enabled": False,
               "timeout": "30s"}],
-    "templates": ["stats.html"],
+    "templates": [{"name": "ticket_view", "override": True}],
     "i18n": {"en": {"hi": "hello"}, "de": {"hi": "hallo"}},
     "error_codes": [{"code": "E1", "message": "bad"}],
     "min_host_version": "0.1.0",
@@ -663,7 +664,9 @@ def test_full_registration_parses_into_typed_values() -> None:
     assert all(isinstance(r, Route) for r in reg.routes)
     assert [(r.method, r.path, r.handler) for r in reg.routes] == [
         ("POST", "/count", "count"), ("GET", "/list", "list")]
-    assert reg.menu_items == [{"title": "Stats", "path": "/stats"}]
+    (m,) = reg.menu_items
+    assert (m.id, m.label, m.path, m.order, m.children[0].label) == (
+        "stats", "Stats", "/stats", 2, "stats.week")
     (w,) = reg.widgets
     assert isinstance(w, Widget)
     assert (w.id, w.title, w.handler, w.location, w.size, w.order) == (
@@ -672,9 +675,9 @@ def test_full_registration_parses_into_typed_values() -> None:
     assert isinstance(j, Job)
     assert (j.id, j.handler, j.schedule, j.enabled, j.timeout) == (
         "j1", "tick", "*/5 * * * *", False, "30s")
-    assert reg.templates == ["stats.html"]
+    assert [(t.name, t.override) for t in reg.templates] == [("ticket_view", True)]
     assert reg.i18n == {"en": {"hi": "hello"}, "de": {"hi": "hallo"}}
-    assert reg.error_codes == [{"code": "E1", "message": "bad"}]
+    assert [(e.code, e.message, e.http_status) for e in reg.error_codes] == [("E1", "bad", 0)]
     assert reg.min_host_version == "0.1.0"
     assert reg.permissions == ["db.read", "log"]
     assert not reg.model_extra

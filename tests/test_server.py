@@ -338,8 +338,9 @@ def test_events_stream(serve: Serve) -> None:
         sse.wait_for(lambda line: line == ": keep-alive")
     finally:
         sse.close()
-    wait_until(lambda: s.state.hub.clients == 0)  # the listener left with the client
-    assert len(s.state.manager.listeners) == 2  # the hub's error tracker, the job scheduler
+    wait_until(lambda: s.state.hub.clients == 0)  # the client left the hub
+    # the hub (for every client), the job scheduler, the health checker
+    assert len(s.state.manager.listeners) == 3
 
 
 def test_a_plugins_published_event_reaches_the_stream(serve: Serve, plugin_dir: Path) -> None:
@@ -354,6 +355,25 @@ def test_a_plugins_published_event_reaches_the_stream(serve: Serve, plugin_dir: 
         ev = sse.event("plugin_event", "tk")
         assert {k: ev[k] for k in ("channel", "event_type", "detail")} == {
             "channel": "tickets", "event_type": "created", "detail": '{"id":7}'}
+    finally:
+        sse.close()
+
+
+def test_a_new_stream_starts_with_the_last_events_then_live_ones(serve: Serve) -> None:
+    s = serve(keepalive=0.3, event_history=3)
+    for name in ("hello", "counter", "greeter", "hello"):  # the hub keeps the last 3
+        post(s.url, f"/api/v1/plugins/{name}/disable")
+    sse = SSE(s.url)
+    try:
+        sse.wait_for(lambda line: line == ": connected")
+        past = [json.loads(sse.wait_for(lambda line: line.startswith("data: "))[6:])
+                for _ in range(3)]
+        assert [(e["kind"], e["plugin"], e["history"]) for e in past] == [
+            ("disable", "counter", True), ("disable", "greeter", True),
+            ("disable", "hello", True)]
+        post(s.url, "/api/v1/plugins/counter/enable")
+        live = sse.event("enable", "counter")
+        assert "history" not in live
     finally:
         sse.close()
 
@@ -379,10 +399,13 @@ def test_slow_clients_lose_the_oldest_events() -> None:
     manager = Manager()
     try:
         hub = EventHub(manager, queue_size=3)
+        hub.start()
 
         async def scenario() -> tuple[list[str], int]:
-            client = hub.connect()
-            assert client is not None
+            joined = hub.connect()
+            assert joined is not None
+            client, past = joined
+            assert past == []
             for i in range(10):  # from another thread, as the manager's threads do
                 await asyncio.to_thread(manager.emit, "error", f"p{i}")
             await asyncio.sleep(0)  # let the loop run the scheduled pushes
@@ -396,6 +419,7 @@ def test_slow_clients_lose_the_oldest_events() -> None:
 
         got, dropped = asyncio.run(scenario())
         assert got == ["p7", "p8", "p9"] and dropped == 7
+        hub.stop()
         assert hub.clients == 0 and manager.listeners == ()
     finally:
         manager.close()

@@ -227,6 +227,15 @@ def serve(directory: DirArg = Path("plugins"),
               "--insecure-no-auth",
               help="Serve a non-loopback address WITHOUT a token. Anyone who can reach "
                    "the port controls the plugins.")] = False,
+          health_check: Annotated[bool, typer.Option(
+              "--health-check/--no-health-check",
+              envvar=["PLUGHOST_HEALTH_CHECK", "GOATFLOW_PLUGIN_HEALTH_CHECK"],
+              help="Probe every plugin every 60 s (__health_ping__).")] = True,
+          auto_restart: Annotated[bool, typer.Option(
+              "--auto-restart/--no-auto-restart",
+              envvar=["PLUGHOST_AUTO_RESTART", "GOATFLOW_PLUGIN_AUTO_RESTART"],
+              help="Reload a plugin the health check finds unhealthy, with backoff.")
+          ] = True,
           ) -> None:
     """Serve DIRECTORY: JSON API, live events, plugin routes and an admin page at /.
 
@@ -240,6 +249,7 @@ def serve(directory: DirArg = Path("plugins"),
     try:
         run_server(directory, host=host, port=port, watch=watch, debounce_ms=debounce_ms,
                    lazy=lazy, token=token, insecure_no_auth=insecure_no_auth,
+                   health=health_check, auto_restart=auto_restart,
                    echo=lambda line: print(line, flush=True))
     except ServeError as exc:
         raise _fail(str(exc)) from None

@@ -118,3 +118,9 @@ class HostCallError(PlughostError):
 
 class PermissionDenied(HostCallError):
     """The plugin asked for a host function its manifest does not grant."""
+
+
+class AdminStateError(PlughostError):
+    """The operator's admin state (adminstate.py) cannot be used, or one row of it is
+    broken; names the file (and the plugin, for a row)."""
+

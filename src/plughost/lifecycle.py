@@ -25,10 +25,11 @@ ListedState = Literal["starting", "running", "restarting", "failed", "stopped", 
 #: - crash / restart / failed: a gRPC plugin's process died, came back, or gave up;
 #: - call_error: a call failed (detail: the error type and reason);
 #: - plugin_event: a plugin's `publish_event` (channel, event_type; detail: its data);
-#: - job_run / job_error: a scheduled job's run ended well or failed (detail: job and how).
+#: - job_run / job_error: a scheduled job's run ended well or failed (detail: job and how);
+#: - health: the health checker's verdict changed, or it restarted or gave up on a plugin.
 EventKind = Literal["load", "unload", "reload", "enable", "disable", "error", "crash",
                     "restart", "failed", "call_error", "plugin_event", "job_run",
-                    "job_error"]
+                    "job_error", "health"]
 EVENT_KINDS: tuple[EventKind, ...] = get_args(EventKind)
 
 #: The kinds that are a plugin's latest error (the admin page's "last error" column).

@@ -22,7 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, Protocol, TypeVar
 
+from .adminstate import ADMIN_DB, AdminState, SqliteAdminState
 from .errors import (
+    AdminStateError,
     PlughostError,
     PluginCallError,
     PluginDisabled,
@@ -136,17 +138,22 @@ class Manager:
     def __init__(self, host: HostFunctions | HostAPI | None = None, *,
                  settings: HostSettings | None = None, drain_timeout: float = 30.0,
                  max_workers: int = 32, log_capacity: int = 1000,
-                 policies: Mapping[str, Policy | Mapping[str, Any]] | None = None) -> None:
+                 policies: Mapping[str, Policy | Mapping[str, Any]] | None = None,
+                 admin_state: AdminState | None = None) -> None:
         """`host`: a full table of host functions, or just the backends (`HostAPI`) behind
         the built-in ones; default: SQLite/memory/httpx/smtplib (`settings` tunes them).
-        `policies`: the operator's policy per plugin name (host/policy.py), over those in
-        `<data dir>/policies.yaml`."""
+        `policies`: the application's policy per plugin name (host/policy.py), over those
+        the operator saved (`save_policy`), over those in `<data dir>/policies.yaml`.
+        `admin_state`: where the operator's enable/disable and saved policies survive a
+        restart; default `<data dir>/admin.db` (adminstate.py), opened on first use."""
         self.host = host if isinstance(host, HostFunctions) else default_host_functions(
             host, settings)
         resolved = settings or getattr(self.host.api, "settings", None)
         data_dir = resolved.data_dir if isinstance(resolved, HostSettings) else \
             HostSettings().data_dir
-        self.policies = PolicyBook(policies, data_dir / POLICY_FILE)
+        self.admin: AdminState = admin_state if admin_state is not None else \
+            SqliteAdminState(data_dir / ADMIN_DB)
+        self.policies = PolicyBook(policies, data_dir / POLICY_FILE, operator=self.admin)
         self.drain_timeout = drain_timeout
         #: every registered plugin's routes, checked for collisions as it registers
         self.routes = RouteTable()
@@ -179,14 +186,25 @@ class Manager:
         if self._closed:
             raise PluginUnavailable("the manager is closed", plugin=plugin.name)
 
+    def _saved_enabled(self, name: str) -> bool:
+        """Whether the operator left `name` enabled (file I/O: never under the lock). A
+        state that cannot be read refuses the plugin: loading it enabled could undo the
+        operator's disable."""
+        try:
+            return self.admin.enabled(name) is not False
+        except AdminStateError as exc:
+            raise PluginLoadError(str(exc), plugin=name) from None
+
     def register(self, plugin: Plugin) -> None:
+        enabled = self._saved_enabled(plugin.name)
         with self._lock:
             self._refuse_if_closed(plugin)
             if plugin.name in self._entries:
                 raise PluginLoadError("a plugin of this name is already registered",
                                       plugin=plugin.name)
             warnings = self.routes.install(plugin.name, plugin.registration.routes)
-            self._entries[plugin.name] = _Entry(plugin)
+            entry = self._entries[plugin.name] = _Entry(plugin)
+            entry.enabled = enabled
         self._route_warnings(plugin, warnings)
         self.host.translations.install(plugin.name, plugin.registration.i18n)
         self._emit(Event("load", plugin.name, detail=plugin.registration.version))
@@ -225,12 +243,15 @@ class Manager:
 
         Returns the old plugin (already shut down), or None if there was none.
         """
+        saved = None if plugin.name in self else self._saved_enabled(plugin.name)
         with self._lock:
             self._refuse_if_closed(plugin)
             old = self._entries.get(plugin.name)
             new = _Entry(plugin)
             if old is not None:
                 new.enabled = old.enabled
+            elif saved is not None:
+                new.enabled = saved
             # A route that collides refuses the new version; the old one keeps serving.
             warnings = self.routes.install(plugin.name, plugin.registration.routes)
             self._entries[plugin.name] = new
@@ -273,6 +294,11 @@ class Manager:
         self._set_enabled(name, False)
 
     def _set_enabled(self, name: str, enabled: bool) -> None:
+        if name not in self:
+            raise PluginNotFound("not loaded", plugin=name)
+        # Saved first: if it cannot be kept, the change fails rather than being lost at
+        # the next restart.
+        self.admin.set_enabled(name, enabled)
         with self._lock:
             entry = self._entries.get(name)
             if entry is None:
@@ -307,6 +333,16 @@ class Manager:
     def set_policy(self, name: str, policy: Policy | Mapping[str, Any] | None) -> None:
         """Set (None: drop) `name`'s policy; a running plugin gets it at once."""
         self.policies.set(name, policy)
+        plugin = self.get(name)
+        refresh = getattr(plugin, "refresh_grants", None)
+        if callable(refresh):
+            refresh()
+
+    def save_policy(self, name: str, policy: Policy | Mapping[str, Any] | None) -> None:
+        """The operator's policy for `name`, kept in the admin state (it survives a
+        restart; None: drop it); a running plugin gets it at once, unless the
+        application's own policy for it (`set_policy`) stands over it."""
+        self.policies.save(name, policy)
         plugin = self.get(name)
         refresh = getattr(plugin, "refresh_grants", None)
         if callable(refresh):
@@ -477,3 +513,4 @@ class Manager:
             self._closed = True
         self.shutdown_all()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self.admin.close()

@@ -61,6 +61,36 @@ class Widget(_Open):
     refresh_sec: int = 0
 
 
+class MenuItem(_Open):
+    """GoatFlow's MenuItemSpec: `label` is text or an i18n key; `location` one of agent,
+    admin, customer, profile; sorted by `order`, then plugin name, then id."""
+
+    id: str = ""
+    label: str = ""
+    icon: str = ""
+    path: str = ""
+    location: str = ""
+    parent: str = ""
+    order: int = 0
+    children: list[MenuItem] = Field(default_factory=list)
+
+
+class Template(_Open):
+    """GoatFlow's TemplateSpec: only `override: true` entries replace a host template."""
+
+    name: str
+    path: str = ""
+    override: bool = False
+
+
+class ErrorCode(_Open):
+    """GoatFlow's ErrorCodeSpec, registered as `<plugin>:<code>`."""
+
+    code: str
+    message: str = ""
+    http_status: int = 0
+
+
 class Job(_Open):
     id: str
     handler: str
@@ -86,12 +116,12 @@ class Registration(_Open):
     license: str = ""
     homepage: str = ""
     routes: list[Route] = Field(default_factory=list)
-    menu_items: list[Any] = Field(default_factory=list)
+    menu_items: list[MenuItem] = Field(default_factory=list)
     widgets: list[Widget] = Field(default_factory=list)
     jobs: list[Job] = Field(default_factory=list)
-    templates: list[Any] = Field(default_factory=list)
+    templates: list[Template] = Field(default_factory=list)
     i18n: dict[str, Any] = Field(default_factory=dict)
-    error_codes: list[Any] = Field(default_factory=list)
+    error_codes: list[ErrorCode] = Field(default_factory=list)
     min_host_version: str = ""
     #: true: the host adds no `_org_id`/`org_id` to a route's arguments
     skip_org_injection: bool = False

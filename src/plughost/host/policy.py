@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -130,13 +130,23 @@ def effective(source: PluginSource, registration: Registration,
     return Grants(source.name, tuple(entries), blocked), limits
 
 
+class OperatorPolicies(Protocol):
+    """Where the policies an operator edits through the API are kept (adminstate.py)."""
+
+    def policy(self, name: str) -> Policy | None: ...
+
+    def set_policy(self, name: str, policy: Policy | None) -> None: ...
+
+
 class PolicyBook:
-    """The operator's policies: given ones, over those in a file that is re-read when it
-    changes (so an edit applies at the plugin's next load or reload)."""
+    """The operator's policies, in layers: the application's (`policies`, `set`) over the
+    ones edited through the API (`operator`, `save`), over those in a file that is re-read
+    when it changes (so an edit applies at the plugin's next load or reload)."""
 
     def __init__(self, policies: Mapping[str, Policy | Mapping[str, Any]] | None = None,
-                 path: Path | None = None) -> None:
+                 path: Path | None = None, operator: OperatorPolicies | None = None) -> None:
         self.path = path
+        self.operator = operator
         self._given = {name: _policy(name, p, "the policies argument")
                        for name, p in (policies or {}).items()}
         self._lock = threading.Lock()
@@ -150,13 +160,24 @@ class PolicyBook:
             else:
                 self._given[name] = _policy(name, policy, "the policies argument")
 
+    def save(self, name: str, policy: Policy | Mapping[str, Any] | None) -> None:
+        """Keep `name`'s policy where the operator's edits are kept (None: drop it)."""
+        if self.operator is None:
+            raise ValueError("no store for the operator's policies")
+        self.operator.set_policy(name, None if policy is None else
+                                 _policy(name, policy, "the policy"))
+
     def get(self, name: str) -> Policy | None:
         """`name`'s policy; a broken policy file or entry is `ManifestError` naming the
         file (the plugin's load fails: ignoring it could grant what the operator took
-        away)."""
+        away), a broken stored one `AdminStateError`."""
         with self._lock:
             if name in self._given:
                 return self._given[name]
+        saved = self.operator.policy(name) if self.operator is not None else None
+        if saved is not None:
+            return saved
+        with self._lock:
             raw = self._read().get(name)
         return None if raw is None else _policy(name, raw, str(self.path))
 

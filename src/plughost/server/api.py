@@ -228,7 +228,7 @@ async def events(request: Request) -> Response:
 
 # -- acting ------------------------------------------------------------------------------
 
-def _failed(st: ServerState, name: str, exc: PlughostError, default: int) -> Response:
+def failed(st: ServerState, name: str, exc: PlughostError, default: int) -> Response:
     if isinstance(exc, LOAD_ERRORS):
         st.hub.record_error(exc.plugin or name, str(exc))
     return error_response(exc, default)
@@ -260,7 +260,7 @@ async def call(request: Request) -> Response:
         result = await st.manager.acall_raw(name, function, gojson.dumps(args),
                                             timeout=timeout or None)
     except PlughostError as exc:
-        return _failed(st, name, exc, 502)
+        return failed(st, name, exc, 502)
     return Response(result, media_type="application/json")
 
 
@@ -292,7 +292,7 @@ async def action(request: Request) -> Response:
     except PlughostError as exc:
         if act in ("enable", "disable"):  # GoatFlow: 404 when not found, else 400
             return error_response(exc, 400)
-        return _failed(st, name, exc, 500)
+        return failed(st, name, exc, 500)
     row = _row(request, name)
     if act in ("enable", "disable"):
         return JSONResponse({"status": f"{act}d", "name": name, "plugin": row})

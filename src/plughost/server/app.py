@@ -20,11 +20,12 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from ..callers import OPERATOR, Caller, IdentityHook
+from ..health import HealthChecker, PluginHealth
 from ..jobs import Clock, Scheduler
 from ..loader import Loader
 from ..manager import Manager
 from ..routing import parse_pattern
-from . import api, routes
+from . import api, platform_api, routes
 from .auth import TokenCheck
 from .errors import error_json
 from .events import EventHub
@@ -42,6 +43,15 @@ API_PATHS = ("/", "/api/v1/login", "/api/v1/events", "/api/v1/jobs", "/api/v1/pl
              "/api/v1/plugins/*rest")
 #: Where every plugin's routes are also served (their middleware decides who may call).
 PLUGIN_MOUNT = ("/plugins/:name", "/plugins/:name/*rest")
+
+
+def health_detail(h: PluginHealth) -> str:
+    """A `health` event's detail: the verdict and what the checker did about it."""
+    if h.crash_loop_abandoned:
+        return f"abandoned after {h.restart_attempts} restart(s): {h.last_error}"
+    if h.restarting:
+        return f"restart attempt {h.restart_attempts}"
+    return "healthy" if h.healthy else f"unhealthy: {h.last_error or 'not probed yet'}"
 
 
 def token_identity(check: TokenCheck | None) -> IdentityHook:
@@ -68,7 +78,9 @@ def create_app(manager: Manager, loader: Loader, *, watch: bool = True,
                body_timeout: float = 30.0, jobs: bool = True,
                job_clock: Clock | None = None, identify: IdentityHook | None = None,
                layout: Layout = default_layout,
-               webhook_allow_unsigned: bool = False) -> Starlette:
+               webhook_allow_unsigned: bool = False, health: bool = True,
+               auto_restart: bool = True, health_interval: float = 60.0,
+               health_clock: Clock | None = None, event_history: int = 100) -> Starlette:
     """The server app. The caller keeps ownership of `manager` (close it after the app
     stopped); the app loads `loader`'s directory on start and unloads it on shutdown.
 
@@ -83,17 +95,25 @@ def create_app(manager: Manager, loader: Loader, *, watch: bool = True,
     plugin's non-raw `html` result in the application's page. Plugin routes are served at
     their declared paths (the manager's route table refuses one that reaches the host's
     own paths) and under `/plugins/<name>/`; `webhook_allow_unsigned` lets `webhook`
-    routes of plugins without a secret through."""
+    routes of plugins without a secret through. With `health`, every plugin is probed
+    every `health_interval` seconds (GoatFlow's `__health_ping__`); with `auto_restart`,
+    an unhealthy one is reloaded with backoff (health.py). A new event stream starts with
+    the last `event_history` events."""
     for path in (*API_PATHS, *PLUGIN_MOUNT):
         manager.routes.reserve(path)
-    hub = EventHub(manager, queue_size=sse_queue_size, keepalive=keepalive)
+    hub = EventHub(manager, queue_size=sse_queue_size, keepalive=keepalive,
+                   history=event_history)
     check = TokenCheck(token) if token is not None else None
     timezone = getattr(getattr(manager.host.api, "settings", None), "app_config", {}).get(
         "app.timezone")
     scheduler = Scheduler(manager, clock=job_clock, timezone=timezone) if jobs else None
+    checker = HealthChecker(manager, restart=loader.reload if auto_restart else None,
+                            interval=health_interval, clock=health_clock,
+                            on_change=lambda name, h: manager.emit(
+                                "health", name, health_detail(h))) if health else None
     state = ServerState(manager, loader, hub, watch=watch, debounce_ms=debounce_ms,
                         max_body=max_body, body_timeout=body_timeout, token=check,
-                        scheduler=scheduler,
+                        scheduler=scheduler, health=checker,
                         identify=identify if identify is not None else token_identity(check),
                         layout=layout, webhook_allow_unsigned=webhook_allow_unsigned)
     page = admin_html()
@@ -113,8 +133,12 @@ def create_app(manager: Manager, loader: Loader, *, watch: bool = True,
                 await asyncio.to_thread(loader.watch_dir, debounce_ms)
             if scheduler is not None:
                 scheduler.start()
+            if checker is not None:
+                checker.start()
             yield
         finally:
+            if checker is not None:
+                await asyncio.to_thread(checker.close)
             if scheduler is not None:
                 await asyncio.to_thread(scheduler.close)
             hub.stop()  # ends the event streams
@@ -141,6 +165,17 @@ def create_app(manager: Manager, loader: Loader, *, watch: bool = True,
         Route(f"{v1}/jobs", api.jobs, methods=["GET"]),
         Route(f"{v1}/plugins", api.list_plugins, methods=["GET"]),
         Route(f"{v1}/plugins/logs", api.all_logs, methods=["GET"]),
+        Route(f"{v1}/plugins/health", platform_api.health, methods=["GET"]),
+        Route(f"{v1}/plugins/widgets", platform_api.widgets, methods=["GET"]),
+        Route(f"{v1}/plugins/menus", platform_api.menus, methods=["GET"]),
+        Route(f"{v1}/plugins/templates", platform_api.templates, methods=["GET"]),
+        Route(f"{v1}/plugins/error-codes", platform_api.error_codes, methods=["GET"]),
+        Route(f"{v1}/plugins/{{name}}/widgets/{{id}}", platform_api.widget, methods=["GET"]),
+        Route(f"{v1}/plugins/{{name}}/policy", platform_api.get_policy, methods=["GET"]),
+        Route(f"{v1}/plugins/{{name}}/policy", platform_api.put_policy,
+              methods=["PUT", "DELETE"]),
+        Route(f"{v1}/plugins/{{name}}/reset-crashloop", platform_api.reset_crashloop,
+              methods=["POST"]),
         Route(f"{v1}/plugins/logs", api.clear_logs, methods=["DELETE"]),
         Route(f"{v1}/plugins/{{name}}", api.get_plugin, methods=["GET"]),
         Route(f"{v1}/plugins/{{name}}/logs", api.logs, methods=["GET"]),

@@ -1,9 +1,13 @@
-"""Manager events for HTTP clients: server-sent events, and each plugin's last error.
+"""Manager events for HTTP clients: server-sent events, a bounded history of them, and
+each plugin's last error.
 
 The manager calls listeners from whatever thread changed something (a loader thread, the
-watcher, a grpc supervisor). Each SSE client owns a listener that only hands the event to
-the client's event loop with `call_soon_threadsafe`; the loop puts it on the client's bounded
-queue, dropping the oldest event when a slow client lets the queue fill up.
+watcher, a grpc supervisor). The hub is one listener: under its lock it appends the event
+to the history and hands it to every client, which only passes it to the client's event
+loop with `call_soon_threadsafe`; the loop puts it on the client's bounded queue, dropping
+the oldest event when a slow client lets the queue fill up. A new client is added under the
+same lock as it copies the history, so it gets every event once: the last `history` ones,
+then each live one.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import contextlib
 import dataclasses
 import json
 import threading
+from collections import deque
 from typing import Any
 
 import anyio
@@ -64,10 +69,11 @@ class EventHub:
     """The SSE clients of one app, and the last error seen for each plugin."""
 
     def __init__(self, manager: Manager, *, queue_size: int = 256,
-                 keepalive: float = 15.0) -> None:
+                 keepalive: float = 15.0, history: int = 100) -> None:
         self.manager = manager
         self.queue_size = queue_size
         self.keepalive = keepalive
+        self._history: deque[Event] = deque(maxlen=history)
         self._lock = threading.Lock()
         self._clients: set[_Client] = set()
         self._errors: dict[str, str] = {}
@@ -85,6 +91,9 @@ class EventHub:
 
     def _track(self, event: Event) -> None:
         with self._lock:
+            self._history.append(event)
+            for client in self._clients:
+                client.listener(event)
             self._seen.add(event.plugin)
             if event.kind in ERROR_KINDS:
                 self._errors[event.plugin] = (event.detail if event.kind == "error"
@@ -109,18 +118,21 @@ class EventHub:
 
     # -- SSE clients ---------------------------------------------------------------------
 
-    def connect(self) -> _Client | None:
-        """A new client on the running loop, or None once the hub is closed."""
+    def connect(self) -> tuple[_Client, list[Event]] | None:
+        """A new client on the running loop and the history it starts with (the events
+        after those reach its queue), or None once the hub is closed."""
         client = _Client(asyncio.get_running_loop(), self.queue_size)
         with self._lock:
             if self._closed:
                 return None
             self._clients.add(client)
-        self.manager.add_listener(client.listener)
-        return client
+            return client, list(self._history)
+
+    def history(self) -> list[Event]:
+        with self._lock:
+            return list(self._history)
 
     def disconnect(self, client: _Client) -> None:
-        self.manager.remove_listener(client.listener)
         with self._lock:
             self._clients.discard(client)
 
@@ -142,9 +154,10 @@ class EventStream(Response):
     """`text/event-stream` of manager events until the client leaves or the hub closes.
 
     Each event is one `data: {"kind", "plugin", "time", "detail"}` message (a
-    `plugin_event` adds `channel` and `event_type`; its data is `detail`); a comment line
-    every `keepalive` seconds keeps proxies from closing an idle stream; `event: dropped`
-    tells a slow client how many events it lost (it should re-read /api/v1/plugins).
+    `plugin_event` adds `channel` and `event_type`; its data is `detail`), the hub's
+    history first (each with `"history": true`), then live ones; a comment line every
+    `keepalive` seconds keeps proxies from closing an idle stream; `event: dropped` tells a
+    slow client how many events it lost (it should re-read /api/v1/plugins).
     """
 
     media_type = "text/event-stream"
@@ -156,12 +169,13 @@ class EventStream(Response):
         self.init_headers({"cache-control": "no-cache", "x-accel-buffering": "no"})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        client = self.hub.connect()
+        joined = self.hub.connect()
+        client, past = joined if joined is not None else (None, [])
         try:
             async with anyio.create_task_group() as tg:
 
                 async def pump() -> None:
-                    await self._pump(client, send)
+                    await self._pump(client, past, send)
                     tg.cancel_scope.cancel()
 
                 tg.start_soon(pump)
@@ -172,7 +186,7 @@ class EventStream(Response):
             if client is not None:
                 self.hub.disconnect(client)
 
-    async def _pump(self, client: _Client | None, send: Send) -> None:
+    async def _pump(self, client: _Client | None, past: list[Event], send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code,
                     "headers": self.raw_headers})
 
@@ -182,6 +196,8 @@ class EventStream(Response):
 
         try:
             await chunk("retry: 2000\n: connected\n\n")
+            for old in past:
+                await chunk(f"data: {json.dumps({**event_json(old), 'history': True})}\n\n")
             while client is not None:
                 try:
                     event = await asyncio.wait_for(client.queue.get(), self.hub.keepalive)

@@ -13,6 +13,7 @@ from typing import Any
 
 import uvicorn
 
+from ..errors import AdminStateError
 from ..host import HostSettings
 from ..loader import Loader
 from ..manager import Manager
@@ -121,6 +122,7 @@ def serve(directory: Path, *, host: str = "127.0.0.1", port: int = 8080, watch: 
           debounce_ms: int = 500, lazy: bool = False, token: str | None = None,
           insecure_no_auth: bool = False, header_timeout: float = 10.0,
           body_timeout: float = 30.0, max_connections: int = 200,
+          health: bool = True, auto_restart: bool = True,
           echo: Callable[[str], Any] = print) -> None:
     """Serve `directory` until SIGINT/SIGTERM; every plugin is unloaded before returning.
 
@@ -141,6 +143,10 @@ def serve(directory: Path, *, host: str = "127.0.0.1", port: int = 8080, watch: 
     manager = Manager(settings=settings)
     try:
         api_token = _token_for(loopback, token, insecure_no_auth, settings.data_dir, echo)
+        try:  # the operator's saved state, read now: a bad file stops the host at start
+            manager.admin.snapshot()
+        except AdminStateError as exc:
+            raise ServeError(str(exc)) from None
     except ServeError:
         sock.close()
         manager.close()
@@ -150,7 +156,7 @@ def serve(directory: Path, *, host: str = "127.0.0.1", port: int = 8080, watch: 
     names = [host.lower(), bound, f"[{bound}]", "localhost", "127.0.0.1", "[::1]", "::1"]
     app = create_app(manager, loader, watch=watch, debounce_ms=debounce_ms,
                      allowed_hosts=names if loopback else None, token=api_token,
-                     body_timeout=body_timeout)
+                     body_timeout=body_timeout, health=health, auto_restart=auto_restart)
     # Room for every allowed connection plus the plugins' own pipes and sockets.
     raise_fd_limit(max_connections + 1024)
     config = uvicorn.Config(app, lifespan="on", log_config=None, timeout_graceful_shutdown=10,

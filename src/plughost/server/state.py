@@ -8,6 +8,7 @@ from typing import cast
 from starlette.requests import Request
 
 from ..callers import IdentityHook
+from ..health import HealthChecker
 from ..jobs import Scheduler
 from ..loader import Loader
 from ..manager import Manager
@@ -28,6 +29,7 @@ class ServerState:
     body_timeout: float = 30.0  # seconds to receive a whole request body
     token: TokenCheck | None = None  # the API token, when the server needs one
     scheduler: Scheduler | None = None  # runs the registrations' jobs (None: jobs off)
+    health: HealthChecker | None = None  # probes the plugins (None: health checks off)
     identify: IdentityHook | None = None  # who a request's caller is (None: anonymous)
     layout: Layout = default_layout  # the page around a plugin's non-raw `html` result
     webhooks: WebhookLimiter = field(default_factory=WebhookLimiter)

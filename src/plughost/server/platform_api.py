@@ -1,0 +1,179 @@
+"""The management API's platform endpoints (docs/server.md): widgets, menus, templates and
+error codes (catalog.py), health (health.py), and the operator's saved policies
+(adminstate.py), at GoatFlow's paths and shapes where GoatFlow has them."""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+
+from .. import catalog
+from ..errors import ManifestError, PlughostError
+from ..host import gojson
+from ..manifest import is_valid_name
+from .api import admin_only, failed, reader
+from .envelope import json_object, language, route_args
+from .errors import bad_request
+from .results import SANDBOX
+from .routes import BodyTimeout, caller_of, parse_json, read_body
+from .state import ServerState, state_of
+
+# -- what plugins add to pages (catalog.py) ----------------------------------------------
+
+async def _sweep_lazy(st: ServerState) -> None:
+    """GoatFlow loads every discovered plugin before listing widgets (a lazy plugin's
+    widgets are only known once it is loaded); a failed load is its own error."""
+    if not st.loader.lazy:
+        return
+    for d in st.loader.discovered_plugins():
+        if not d.loaded and d.error is None:
+            try:
+                await st.loader.aensure_loaded(d.name)
+            except PlughostError as exc:
+                st.hub.record_error(exc.plugin or d.name, str(exc))
+
+
+@reader
+async def widgets(request: Request) -> Response:
+    """GoatFlow's `{"widgets": [...]}` at `?location=` (default `dashboard`)."""
+    st = state_of(request)
+    await _sweep_lazy(st)
+    location = request.query_params.get("location") or catalog.DEFAULT_WIDGET_LOCATION
+    return JSONResponse({"widgets": [w.as_goatflow()
+                                     for w in catalog.widgets(st.manager, location)]})
+
+
+@reader
+async def widget(request: Request) -> Response:
+    """One widget's HTML, from its handler called with the request's route envelope;
+    `?wrap=true` puts it in a card with the widget's title. GoatFlow's plain-text 404s
+    and 500s."""
+    st = state_of(request)
+    name, wid = request.path_params["name"], request.path_params["id"]
+    info = st.manager.info(name)
+    if info is None or not info.enabled:
+        return PlainTextResponse(f"Plugin not found: {name}", status_code=404)
+    spec = catalog.widget(st.manager, name, wid)
+    if spec is None:
+        return PlainTextResponse(f"Widget not found: {name}/{wid}", status_code=404)
+    plugin = st.manager.get(name)
+    with_org = plugin is None or not plugin.registration.skip_org_injection
+    args = route_args(request, {}, b"", await caller_of(request), with_org=with_org)
+    try:
+        raw = await st.manager.acall_raw(name, spec.handler, gojson.dumps(args))
+    except PlughostError as exc:
+        return PlainTextResponse(f"Widget error: {exc}", status_code=500)
+    result = json_object(raw)
+    page = result.get("html") if result is not None else None
+    if not isinstance(page, str):
+        return PlainTextResponse("Invalid widget response", status_code=500)
+    if request.query_params.get("wrap") == "true":
+        page = (f'<div class="card widget" data-widget="{html.escape(wid)}">'
+                f'<div class="card-header">{html.escape(spec.title)}</div>'
+                f'<div class="card-body">{page}</div></div>')
+    return Response(page, media_type="text/html; charset=utf-8", headers=dict(SANDBOX))
+
+
+@reader
+async def menus(request: Request) -> Response:
+    """The enabled plugins' menu items (`?location=`), labels translated for the caller
+    (`?lang=` overrides), in GoatFlow's order."""
+    st = state_of(request)
+    lang = request.query_params.get("lang") or language(request, await caller_of(request))
+    items = catalog.menu_items(st.manager, request.query_params.get("location") or None,
+                               lang or "en")
+    return JSONResponse({"menu_items": [m.as_json() for m in items]})
+
+
+@reader
+async def templates(request: Request) -> Response:
+    overrides = catalog.template_overrides(state_of(request).manager)
+    return JSONResponse({"templates": [dataclasses.asdict(t) for t in overrides.values()]})
+
+
+@reader
+async def error_codes(request: Request) -> Response:
+    codes = catalog.error_codes(state_of(request).manager)
+    return JSONResponse({"error_codes": {k: dataclasses.asdict(v) for k, v in codes.items()}})
+
+
+@reader
+async def health(request: Request) -> Response:
+    """GoatFlow's `{"plugins": {name: PluginHealth}}` (empty with health checks off)."""
+    checker = state_of(request).health
+    statuses = checker.statuses() if checker is not None else {}
+    return JSONResponse({"plugins": {n: h.as_json() for n, h in sorted(statuses.items())}})
+
+
+@admin_only
+async def reset_crashloop(request: Request) -> Response:
+    """Forget a plugin's restart history and abandonment (GoatFlow's crash-loop reset); a
+    gRPC plugin whose circuit opened (`failed`) is reloaded too."""
+    st = state_of(request)
+    name = request.path_params["name"]
+    plugin = st.manager.get(name)
+    if plugin is None or (st.health is not None and not st.health.reset(name)
+                          and plugin.state != "failed"):
+        return JSONResponse({"error": "plugin not found"}, status_code=404)
+    st.manager.log_for(name).info("Crash-loop guard reset by admin", source="host")
+    if plugin.state == "failed":
+        try:
+            await st.loader.areload(name)
+        except PlughostError as exc:
+            return failed(st, name, exc, 500)
+    return JSONResponse({"status": "reset"})
+
+
+# -- the operator's saved policies (adminstate.py) ----------------------------------------
+
+def _policy_view(st: ServerState, name: str) -> dict[str, Any]:
+    saved = st.manager.admin.policy(name)
+    grants = st.manager.grants(name)
+    return {"plugin": name,
+            "saved": None if saved is None else saved.model_dump(mode="json",
+                                                                 exclude_unset=True),
+            "effective": None if grants is None else {
+                "grants": grants.as_list(), "unsafe": grants.unsafe(),
+                "blocked": grants.blocked}}
+
+
+@reader
+async def get_policy(request: Request) -> Response:
+    """The policy the operator saved for a plugin, and what the plugin is granted now."""
+    name = request.path_params["name"]
+    if not is_valid_name(name):
+        return bad_request(f"{name!r} is not a plugin name")
+    st = state_of(request)
+    return JSONResponse(await st.manager.run_blocking(_policy_view, st, name))
+
+
+@admin_only
+async def put_policy(request: Request) -> Response:
+    """Save the operator's policy for a plugin (a JSON Policy); it survives a restart and
+    a loaded plugin gets it at once. DELETE drops it."""
+    st = state_of(request)
+    name = request.path_params["name"]
+    if not is_valid_name(name):
+        return bad_request(f"{name!r} is not a plugin name")
+    policy: Any = None
+    if request.method == "PUT":
+        try:
+            policy = parse_json(await read_body(request, 64 * 1024, st.body_timeout))
+        except (OverflowError, BodyTimeout, ValueError) as exc:
+            return bad_request(str(exc) or "expected a JSON policy")
+        if not isinstance(policy, dict):
+            return bad_request("a policy is a JSON object")
+    try:
+        await st.manager.run_blocking(st.manager.save_policy, name, policy)
+    except ManifestError as exc:
+        return bad_request(str(exc))
+    except PlughostError as exc:
+        return failed(st, name, exc, 500)
+    st.manager.log_for(name).info("policy " + ("saved" if policy is not None else "dropped")
+                                  + " by admin", source="host")
+    return JSONResponse(await st.manager.run_blocking(_policy_view, st, name))
+
