@@ -80,7 +80,8 @@ def create_app(manager: Manager, loader: Loader, *, watch: bool = True,
                layout: Layout = default_layout,
                webhook_allow_unsigned: bool = False, health: bool = True,
                auto_restart: bool = True, health_interval: float = 60.0,
-               health_clock: Clock | None = None, event_history: int = 100) -> Starlette:
+               health_clock: Clock | None = None, event_history: int = 100,
+               max_upload: int = 64 * 1024 * 1024) -> Starlette:
     """The server app. The caller keeps ownership of `manager` (close it after the app
     stopped); the app loads `loader`'s directory on start and unloads it on shutdown.
 
@@ -98,7 +99,7 @@ def create_app(manager: Manager, loader: Loader, *, watch: bool = True,
     routes of plugins without a secret through. With `health`, every plugin is probed
     every `health_interval` seconds (GoatFlow's `__health_ping__`); with `auto_restart`,
     an unhealthy one is reloaded with backoff (health.py). A new event stream starts with
-    the last `event_history` events."""
+    the last `event_history` events. An uploaded plugin may be `max_upload` bytes."""
     for path in (*API_PATHS, *PLUGIN_MOUNT):
         manager.routes.reserve(path)
     hub = EventHub(manager, queue_size=sse_queue_size, keepalive=keepalive,
@@ -113,6 +114,7 @@ def create_app(manager: Manager, loader: Loader, *, watch: bool = True,
                                 "health", name, health_detail(h))) if health else None
     state = ServerState(manager, loader, hub, watch=watch, debounce_ms=debounce_ms,
                         max_body=max_body, body_timeout=body_timeout, token=check,
+                        max_upload=max_upload,
                         scheduler=scheduler, health=checker,
                         identify=identify if identify is not None else token_identity(check),
                         layout=layout, webhook_allow_unsigned=webhook_allow_unsigned)
@@ -166,6 +168,7 @@ def create_app(manager: Manager, loader: Loader, *, watch: bool = True,
         Route(f"{v1}/plugins", api.list_plugins, methods=["GET"]),
         Route(f"{v1}/plugins/logs", api.all_logs, methods=["GET"]),
         Route(f"{v1}/plugins/health", platform_api.health, methods=["GET"]),
+        Route(f"{v1}/plugins/upload", platform_api.upload, methods=["POST"]),
         Route(f"{v1}/plugins/widgets", platform_api.widgets, methods=["GET"]),
         Route(f"{v1}/plugins/menus", platform_api.menus, methods=["GET"]),
         Route(f"{v1}/plugins/templates", platform_api.templates, methods=["GET"]),

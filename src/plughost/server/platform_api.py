@@ -4,20 +4,24 @@ error codes (catalog.py), health (health.py), and the operator's saved policies
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import html
 from typing import Any
 
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from .. import catalog
+from .. import catalog, uploads
 from ..errors import ManifestError, PlughostError
 from ..host import gojson
 from ..manifest import is_valid_name
 from .api import admin_only, failed, reader
 from .envelope import json_object, language, route_args
-from .errors import bad_request
+from .errors import bad_request, error_json
 from .results import SANDBOX
 from .routes import BodyTimeout, caller_of, parse_json, read_body
 from .state import ServerState, state_of
@@ -126,6 +130,44 @@ async def reset_crashloop(request: Request) -> Response:
         except PlughostError as exc:
             return failed(st, name, exc, 500)
     return JSONResponse({"status": "reset"})
+
+
+# -- uploads (uploads.py) ---------------------------------------------------------------
+
+@admin_only
+async def upload(request: Request) -> Response:
+    """GoatFlow's upload: multipart field `plugin`, a `.wasm` or `.zip`; installed into
+    the plugin directory and loaded or reloaded before the answer."""
+    st = state_of(request)
+    try:
+        async with asyncio.timeout(st.body_timeout):
+            async with request.form(max_files=1, max_fields=10,
+                                    max_part_size=st.max_upload) as form:
+                item = form.get("plugin")
+                if not isinstance(item, UploadFile) or not item.filename:
+                    return bad_request('expected a multipart file field "plugin"')
+                filename = item.filename
+                data = await item.read(st.max_upload + 1)
+    except TimeoutError:
+        return error_json(f"upload not received within {st.body_timeout:g} s",
+                          "RequestTimeout", 408)
+    except (MultiPartException, HTTPException) as exc:
+        return bad_request(f"malformed upload: {getattr(exc, 'message', None) or exc}")
+    if len(data) > st.max_upload:
+        return error_json(f"upload larger than {st.max_upload} bytes", "PayloadTooLarge", 413)
+    try:
+        done = await st.manager.run_blocking(uploads.install, st.loader, filename, data)
+    except PlughostError as exc:
+        st.manager.log_for(exc.plugin or "system").error(
+            f"Plugin upload refused: {exc}", source="host")
+        return error_json(f"Invalid plugin package: {exc}", type(exc).__name__, 400,
+                          plugin=exc.plugin)
+    st.manager.log_for(done.name).info(
+        f"Plugin uploaded: {done.name} (runtime: {done.runtime}, size: {done.size} bytes)",
+        source="host")
+    return JSONResponse({"message": "Plugin uploaded successfully", "name": done.name,
+                         "path": str(done.path), "runtime": done.runtime,
+                         "replaced": done.replaced})
 
 
 # -- the operator's saved policies (adminstate.py) ----------------------------------------

@@ -27,6 +27,7 @@ class ServerState:
     debounce_ms: int = 500
     max_body: int = 16 * 1024 * 1024  # bytes of a call's or a route's request body
     body_timeout: float = 30.0  # seconds to receive a whole request body
+    max_upload: int = 64 * 1024 * 1024  # bytes of an uploaded plugin
     token: TokenCheck | None = None  # the API token, when the server needs one
     scheduler: Scheduler | None = None  # runs the registrations' jobs (None: jobs off)
     health: HealthChecker | None = None  # probes the plugins (None: health checks off)
