@@ -30,6 +30,7 @@ PLUGINS=(
     "hello-wasm:hello.wasm"
     "test-hostapi-wasm:test-hostapi.wasm"
     "stats:stats.wasm"
+    "ticket-tools:ticket-tools.wasm"
 )
 
 # Flags, and why:

@@ -30,6 +30,7 @@ MODULES = {
     "hello-wasm": "hello.wasm",
     "test-hostapi-wasm": "test-hostapi.wasm",
     "stats": "stats.wasm",
+    "ticket-tools": "ticket-tools.wasm",
 }
 
 GK_EXPORTS = {"gk_register", "gk_call", "gk_malloc", "gk_free", "memory", "_initialize"}
