@@ -20,7 +20,7 @@ from plughost.host import HostSettings
 from plughost.runtimes.wasm import WasmEngine
 from plughost.server import create_app
 
-from .conftest import variant_dir, wait_until
+from .conftest import variant_dir, variant_module, wait_until
 from .serving import Served, serve_in_thread
 from .test_health import ping_module
 from .test_jobs import HandClock
@@ -326,3 +326,88 @@ def test_a_bad_admin_state_file_stops_serve_with_one_line(plugins: Path,
     lines = [x for x in proc.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and "admin.db" in lines[0] and "Traceback" not in proc.stderr
     assert (private_data_dir / "admin.db").read_bytes().startswith(b"this is no")  # kept
+
+
+# -- uninstall --------------------------------------------------------------------------
+
+
+def test_uninstall_removes_the_plugin_its_files_and_its_state(site: Callable[..., Site],
+                                                              plugins: Path) -> None:
+    variant_dir(plugins, "gone")
+    (plugins / "mod.wasm").write_bytes(variant_module("mod"))
+    (plugins / "mod.wasm.sig").write_text("not checked here")
+    s = site()
+    s.post("/api/v1/plugins/gone/disable")
+    r = httpx.delete(f"{s.url}/api/v1/plugins/gone", timeout=30)
+    assert r.json() == {"message": "plugin uninstalled", "name": "gone",
+                        "removed": [str(plugins / "gone")]}
+    r = httpx.delete(f"{s.url}/api/v1/plugins/mod", timeout=30)
+    assert sorted(r.json()["removed"]) == [str(plugins / "mod.wasm"),
+                                           str(plugins / "mod.wasm.sig")]
+    assert sorted(p.name for p in plugins.iterdir()) == []
+    assert [p["name"] for p in s.get("/api/v1/plugins").json()["plugins"]] == []
+    assert s.manager.admin.enabled("gone") is None  # its disable is forgotten
+    assert httpx.delete(f"{s.url}/api/v1/plugins/ghost", timeout=30).status_code == 404
+    r = httpx.delete(f"{s.url}/api/v1/plugins/a..b", timeout=30)
+    assert (r.status_code, r.json()) == (400, {"error": "invalid plugin name"})
+    variant_dir(plugins, "gone")  # back again: enabled, as new
+    assert s.post("/api/v1/plugins/gone/load").json()["plugin"]["enabled"] is True
+
+
+# -- a plugin's event channels ----------------------------------------------------------
+
+NEWSROOM_PLUGIN = '''
+from plughost import sdk
+
+plugin = sdk.Plugin("newsroom", version="1.0.0", event_authorizer="may_subscribe")
+
+@plugin.function
+def may_subscribe(args):
+    if args["channel"] == "broken":
+        raise sdk.PluginError("cannot decide")
+    return {"allow": args["channel"] != "secret" and args.get("_user_login") == "admin"}
+
+@plugin.function
+def publish(args):
+    sdk.host.publish_event(args["channel"], args["type"], args["data"])
+    return {"ok": True}
+
+if __name__ == "__main__":
+    plugin.serve()
+'''
+
+
+def test_a_plugins_channel_streams_its_events_after_its_authorizer_agrees(
+        site: Callable[..., Site], plugins: Path) -> None:
+    pdir = plugins / "newsroom"
+    pdir.mkdir()
+    (pdir / "newsroom.py").write_text(NEWSROOM_PLUGIN)
+    (pdir / "plugin.yaml").write_text("name: newsroom\nversion: 1.0.0\nruntime: grpc\n"
+                                      "binary: newsroom.py\npermissions: [log]\n")
+    variant_dir(plugins, "open")
+    s = site()
+    for path, status, error in (("/newsroom/events/secret", 403, "subscription not allowed"),
+                                ("/newsroom/events/broken", 502, "subscription check failed"),
+                                ("/ghost/events/news", 404, "plugin not found")):
+        r = s.get(f"/api/v1/plugins{path}")
+        assert (r.status_code, r.json()) == (status, {"error": error})
+
+    def publish(channel: str, kind: str, data: str) -> None:
+        s.manager.call("newsroom", "publish", {"channel": channel, "type": kind, "data": data})
+
+    with httpx.Client(timeout=httpx.Timeout(30, read=30)) as client, \
+            client.stream("GET", f"{s.url}/api/v1/plugins/newsroom/events/news") as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        lines = r.iter_lines()
+        assert [next(lines), next(lines), next(lines)] == [
+            "event: connected", 'data: {"status":"ok"}', ""]
+        publish("sports", "goal", "not for us")
+        publish("news", "created", '{"id":1}')
+        publish("news", "multi", "line one\nline two")
+        assert [next(lines) for _ in range(6)] == [
+            "event: created", 'data: {"id":1}', "",
+            "event: multi", "data: line one", "data: line two"]
+    with httpx.stream("GET", f"{s.url}/api/v1/plugins/open/events/any", timeout=30) as r:
+        assert r.status_code == 200  # no authorizer: any agent
+    s.post("/api/v1/plugins/open/disable")
+    assert s.get("/api/v1/plugins/open/events/any").status_code == 404

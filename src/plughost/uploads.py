@@ -1,7 +1,7 @@
-"""Installing an uploaded plugin (docs/operations.md, "Uploads"): a `.wasm` module or a
-`.zip` package, written into the plugin directory atomically, then loaded or reloaded
-through the loader, so it is verified like every other load (manifest, signatures,
-registration, collisions).
+"""Installing an uploaded plugin, and uninstalling one (docs/operations.md, "Uploads"): a
+`.wasm` module or a `.zip` package, written into the plugin directory atomically, then
+loaded or reloaded through the loader, so it is verified like every other load (manifest,
+signatures, registration, collisions).
 
 - A `.wasm` file becomes `<plugin dir>/<its base name>` (GoatFlow's rule); the module is
   named by its registration, as any bare module.
@@ -194,3 +194,35 @@ def install(loader: Loader, filename: str, data: bytes) -> Installed:
     name = next((d.name for d in loader.discovered_plugins() if d.path == target), name)
     logger.info("installed upload %s as %s (%s)", base, target, name)
     return Installed(name, target, runtime, len(data), replaced)
+
+
+def uninstall(loader: Loader, name: str) -> list[Path]:
+    """Unload `name`, remove its files from the plugin directory (its directory, module
+    or package, and a module's signature beside it) and the operator's state for it;
+    returns what was removed. PluginNotFound when nothing of that name is known."""
+    from .errors import PluginNotFound
+    from .signing import sidecar
+
+    if not is_valid_name(name):
+        raise UploadRefused("invalid plugin name", path=loader.plugin_dir)
+    paths = [d.path for d in loader.discovered_plugins() if d.name == name]
+    manager = loader.manager
+    if not paths and manager.get(name) is None:
+        raise PluginNotFound("no such plugin is loaded or discovered", plugin=name)
+    loader.forget(name)  # unloads it
+    if manager.get(name) is not None:  # registered by other means
+        manager.unregister(name)
+    root = loader.plugin_dir.resolve()
+    removed: list[Path] = []
+    for path in paths:
+        if not path.resolve().is_relative_to(root) or path.resolve() == root:
+            continue  # never outside the plugin directory
+        for p in (path, sidecar(path)) if path.is_file() else (path,):
+            if p.exists() or p.is_symlink():
+                _remove(p)
+                removed.append(p)
+    manager.admin.forget(name)
+    loader.discover_all()
+    logger.info("uninstalled %s: %s", name, ", ".join(map(str, removed)) or "no files")
+    return removed
+

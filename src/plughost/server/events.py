@@ -18,6 +18,7 @@ import dataclasses
 import json
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -42,14 +43,17 @@ def event_json(event: Event) -> dict[str, Any]:
 class _Client:
     """One SSE connection: a bounded queue fed from any thread."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, size: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, size: int,
+                 want: Callable[[Event], bool] | None = None) -> None:
         self.loop = loop
         self.queue: asyncio.Queue[Event | None] = asyncio.Queue(size)
+        self.want = want
         self.dropped = 0  # events lost since the last report; touched on the loop only
 
     def listener(self, event: Event) -> None:
-        """Called by the manager, from any thread."""
-        self._threadsafe(event)
+        """Called by the hub, from any thread."""
+        if self.want is None or self.want(event):
+            self._threadsafe(event)
 
     def close(self) -> None:
         self._threadsafe(None)
@@ -69,10 +73,12 @@ class EventHub:
     """The SSE clients of one app, and the last error seen for each plugin."""
 
     def __init__(self, manager: Manager, *, queue_size: int = 256,
-                 keepalive: float = 15.0, history: int = 100) -> None:
+                 keepalive: float = 15.0, history: int = 100,
+                 channel_keepalive: float = 30.0) -> None:
         self.manager = manager
         self.queue_size = queue_size
         self.keepalive = keepalive
+        self.channel_keepalive = channel_keepalive
         self._history: deque[Event] = deque(maxlen=history)
         self._lock = threading.Lock()
         self._clients: set[_Client] = set()
@@ -118,15 +124,17 @@ class EventHub:
 
     # -- SSE clients ---------------------------------------------------------------------
 
-    def connect(self) -> tuple[_Client, list[Event]] | None:
+    def connect(self, *, size: int | None = None, want: Callable[[Event], bool] | None = None
+                ) -> tuple[_Client, list[Event]] | None:
         """A new client on the running loop and the history it starts with (the events
-        after those reach its queue), or None once the hub is closed."""
-        client = _Client(asyncio.get_running_loop(), self.queue_size)
+        after those reach its queue), or None once the hub is closed. `want` filters
+        the events it gets (the history included); `size` bounds its queue."""
+        client = _Client(asyncio.get_running_loop(), size or self.queue_size, want)
         with self._lock:
             if self._closed:
                 return None
             self._clients.add(client)
-            return client, list(self._history)
+            return client, [e for e in self._history if want is None or want(e)]
 
     def history(self) -> list[Event]:
         with self._lock:
@@ -213,3 +221,74 @@ class EventStream(Response):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:  # the client went away mid-write
             return
+
+
+#: GoatFlow's per-subscriber buffer and keep-alive for a plugin's channel stream.
+CHANNEL_QUEUE = 16
+CHANNEL_KEEPALIVE = 30.0
+
+
+class ChannelStream(Response):
+    """GoatFlow's stream of one plugin's events on one channel
+    (`/api/v1/plugins/<name>/events/<channel>`): `event: connected` with
+    `{"status":"ok"}`, then each `publish_event` of that plugin and channel as
+    `event: <event type>` and its data (a line break in the data continues on another
+    `data:` line, so the client reads the data back whole), `: keepalive` every 30 s."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, hub: EventHub, plugin: str, channel: str,
+                 keepalive: float = CHANNEL_KEEPALIVE) -> None:
+        self.hub, self.plugin, self.channel, self.keepalive = hub, plugin, channel, keepalive
+        self.status_code = 200
+        self.background = None
+        self.init_headers({"cache-control": "no-cache", "connection": "keep-alive",
+                           "x-accel-buffering": "no"})
+
+    def _wanted(self, e: Event) -> bool:
+        return e.kind == "plugin_event" and e.plugin == self.plugin \
+            and e.channel == self.channel
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        joined = self.hub.connect(size=CHANNEL_QUEUE, want=self._wanted)
+        client = joined[0] if joined is not None else None
+        try:
+            async with anyio.create_task_group() as tg:
+
+                async def pump() -> None:
+                    await self._pump(client, send)
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(pump)
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                tg.cancel_scope.cancel()
+        finally:
+            if client is not None:
+                self.hub.disconnect(client)
+
+    async def _pump(self, client: _Client | None, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": self.raw_headers})
+
+        async def chunk(text: str) -> None:
+            await send({"type": "http.response.body", "body": text.encode(),
+                        "more_body": True})
+
+        try:
+            await chunk('event: connected\ndata: {"status":"ok"}\n\n')
+            while client is not None:
+                try:
+                    event = await asyncio.wait_for(client.queue.get(), self.keepalive)
+                except TimeoutError:
+                    await chunk(": keepalive\n\n")
+                    continue
+                if event is None:
+                    break
+                kind = (event.event_type or "message").replace("\n", " ").replace("\r", " ")
+                lines = "".join(f"data: {line}\n" for line in event.detail.split("\n"))
+                await chunk(f"event: {kind}\n{lines}\n")
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:
+            return
+

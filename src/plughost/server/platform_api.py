@@ -16,12 +16,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from .. import catalog, uploads
-from ..errors import ManifestError, PlughostError
+from ..errors import ManifestError, PlughostError, PluginNotFound
 from ..host import gojson
 from ..manifest import is_valid_name
 from .api import admin_only, failed, reader
-from .envelope import json_object, language, route_args
+from .envelope import identity, json_object, language, route_args
 from .errors import bad_request, error_json
+from .events import ChannelStream
 from .results import SANDBOX
 from .routes import BodyTimeout, caller_of, parse_json, read_body
 from .state import ServerState, state_of
@@ -168,6 +169,51 @@ async def upload(request: Request) -> Response:
     return JSONResponse({"message": "Plugin uploaded successfully", "name": done.name,
                          "path": str(done.path), "runtime": done.runtime,
                          "replaced": done.replaced})
+
+
+@admin_only
+async def uninstall(request: Request) -> Response:
+    """GoatFlow's uninstall: unload, forget, remove the plugin's files."""
+    st = state_of(request)
+    name = request.path_params["name"]
+    if not name or ".." in name or "/" in name or "\\" in name or not is_valid_name(name):
+        return JSONResponse({"error": "invalid plugin name"}, status_code=400)
+    try:
+        removed = await st.manager.run_blocking(uploads.uninstall, st.loader, name)
+    except PluginNotFound as exc:
+        return error_json(str(exc), type(exc).__name__, 404, plugin=name)
+    except PlughostError as exc:
+        return failed(st, name, exc, 500)
+    st.manager.log_for(name).info(f"Plugin uninstalled: {name}", source="host")
+    return JSONResponse({"message": "plugin uninstalled", "name": name,
+                         "removed": [str(p) for p in removed]})
+
+
+# -- a plugin's event channels -------------------------------------------------------------
+
+@reader
+async def channel_events(request: Request) -> Response:
+    """GoatFlow's subscription to one plugin's events on one channel, after its
+    `event_authorizer` (if it names one) allows the caller."""
+    st = state_of(request)
+    name, channel = request.path_params["name"], request.path_params["channel"]
+    info = st.manager.info(name)
+    plugin = st.manager.get(name)
+    if info is None or not info.enabled or plugin is None:
+        return JSONResponse({"error": "plugin not found"}, status_code=404)
+    authorizer = plugin.registration.event_authorizer
+    if authorizer:
+        with_org = not plugin.registration.skip_org_injection
+        args = {"channel": channel,
+                **identity(request, await caller_of(request), with_org=with_org)}
+        try:
+            raw = await st.manager.acall_raw(name, authorizer, gojson.dumps(args))
+        except PlughostError:
+            return JSONResponse({"error": "subscription check failed"}, status_code=502)
+        answer = json_object(raw)
+        if answer is None or answer.get("allow") is not True:
+            return JSONResponse({"error": "subscription not allowed"}, status_code=403)
+    return ChannelStream(st.hub, name, channel, keepalive=st.hub.channel_keepalive)
 
 
 # -- the operator's saved policies (adminstate.py) ----------------------------------------
