@@ -28,7 +28,7 @@ from plughost import Loader, Manager
 from plughost.errors import PluginCallError
 from plughost.host import HostSettings
 from plughost.host.mail import SMTPSettings
-from plughost.manager import Event
+from plughost.lifecycle import Event
 from plughost.runtimes.wasm import WasmEngine
 
 from .conftest import SmtpCollector, write_wasm

@@ -42,8 +42,8 @@ from plughost.errors import ManifestError
 from plughost.host import HostContext, HostSettings
 from plughost.host.functions import go_rfc3339_nano
 from plughost.host.mail import SMTPSettings
+from plughost.lifecycle import Event
 from plughost.logs import LogRecord
-from plughost.manager import Event
 from plughost.runtimes.wasm import WasmEngine
 
 from .conftest import (

@@ -15,7 +15,7 @@ import pytest
 
 from plughost import Loader, Manager
 from plughost.jobs import DEFAULT_TIMEOUT, Schedule, Scheduler, job_timeout
-from plughost.manager import Event
+from plughost.lifecycle import Event
 from plughost.runtimes.wasm import WasmEngine
 
 from .conftest import variant_dir

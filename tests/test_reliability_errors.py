@@ -24,7 +24,7 @@ from plughost.errors import (
     PluginTrap,
     PluginUnavailable,
 )
-from plughost.manager import Event
+from plughost.lifecycle import Event
 from plughost.runtimes.wasm import WasmEngine
 from plughost.server import create_app
 

@@ -43,10 +43,10 @@ if TYPE_CHECKING:  # the same names, for type checkers (`X as X` re-exports them
     from .host import HostFunctions as HostFunctions
     from .host import HostSettings as HostSettings
     from .host import default_host_functions as default_host_functions
+    from .lifecycle import Event as Event
     from .loader import Loader as Loader
     from .logs import LogRecord as LogRecord
     from .logs import PluginLog as PluginLog
-    from .manager import Event as Event
     from .manager import Manager as Manager
     from .manager import PluginInfo as PluginInfo
     from .manifest import LoadedManifest as LoadedManifest
@@ -66,7 +66,7 @@ _EXPORTS = {
     "Caller": ".callers",
     "DefaultHostAPI": ".host",
     "DiscoveredPlugin": ".discovery",
-    "Event": ".manager",
+    "Event": ".lifecycle",
     "HostAPI": ".host",
     "HostCallError": ".errors",
     "HostContext": ".host",

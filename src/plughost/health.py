@@ -42,7 +42,7 @@ from .errors import PlughostError, PluginNotFound, PluginTimeout, PluginUnavaila
 from .jobs import Clock, WallClock
 
 if TYPE_CHECKING:
-    from .manager import Event
+    from .lifecycle import Event
 
 logger = logging.getLogger(__name__)
 

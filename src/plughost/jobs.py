@@ -34,7 +34,8 @@ from .durations import parse_go_duration
 from .errors import PlughostError
 
 if TYPE_CHECKING:
-    from .manager import Event, Manager
+    from .lifecycle import Event
+from .manager import Manager
 
 logger = logging.getLogger(__name__)
 

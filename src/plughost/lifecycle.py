@@ -7,6 +7,8 @@ state is added once and checked by mypy everywhere it is used.
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 #: What a loaded plugin is doing. A wasm plugin is `running` until it is shut down; a
@@ -35,3 +37,17 @@ EVENT_KINDS: tuple[EventKind, ...] = get_args(EventKind)
 #: The kinds that are a plugin's latest error (the admin page's "last error" column).
 ERROR_KINDS: frozenset[EventKind] = frozenset({"error", "crash", "failed", "call_error",
                                               "job_error"})
+
+
+@dataclass(frozen=True)
+class Event:
+    """A lifecycle change (`Manager.add_listener`); its kinds are `EventKind`'s."""
+
+    kind: EventKind
+    plugin: str
+    time: float = field(default_factory=time.time)
+    detail: str = ""
+    #: a `plugin_event`'s channel and type (its data is `detail`)
+    channel: str = ""
+    event_type: str = ""
+

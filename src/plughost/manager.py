@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ParamSpec, Protocol, TypeVar
 
 from .adminstate import ADMIN_DB, AdminState, SqliteAdminState
@@ -37,7 +37,7 @@ from .host import HostAPI, HostFunctions, HostSettings, chain, default_host_func
 from .host.dispatch import HostContext
 from .host.grants import Grants
 from .host.policy import POLICY_FILE, Policy, PolicyBook
-from .lifecycle import EventKind, PluginState
+from .lifecycle import Event, EventKind, PluginState
 from .logs import PluginLog
 from .plugin import Plugin
 from .routing import RouteTable
@@ -66,19 +66,6 @@ class PluginInfo:
     enabled: bool
     inflight: int
     state: PluginState
-
-
-@dataclass(frozen=True)
-class Event:
-    """A lifecycle change; the kinds and what each means are in `plughost.lifecycle`."""
-
-    kind: EventKind
-    plugin: str
-    time: float = field(default_factory=time.time)
-    detail: str = ""
-    #: a `plugin_event`'s channel and type (its data is `detail`)
-    channel: str = ""
-    event_type: str = ""
 
 
 class _Entry:
@@ -333,18 +320,17 @@ class Manager:
     def set_policy(self, name: str, policy: Policy | Mapping[str, Any] | None) -> None:
         """Set (None: drop) `name`'s policy; a running plugin gets it at once."""
         self.policies.set(name, policy)
-        plugin = self.get(name)
-        refresh = getattr(plugin, "refresh_grants", None)
-        if callable(refresh):
-            refresh()
+        self._refresh_grants(name)
 
     def save_policy(self, name: str, policy: Policy | Mapping[str, Any] | None) -> None:
         """The operator's policy for `name`, kept in the admin state (it survives a
         restart; None: drop it); a running plugin gets it at once, unless the
         application's own policy for it (`set_policy`) stands over it."""
         self.policies.save(name, policy)
-        plugin = self.get(name)
-        refresh = getattr(plugin, "refresh_grants", None)
+        self._refresh_grants(name)
+
+    def _refresh_grants(self, name: str) -> None:
+        refresh = getattr(self.get(name), "refresh_grants", None)
         if callable(refresh):
             refresh()
 

@@ -25,8 +25,8 @@ import anyio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from ..lifecycle import ERROR_KINDS, EventKind
-from ..manager import Event, Manager
+from ..lifecycle import ERROR_KINDS, Event, EventKind
+from ..manager import Manager
 
 # ERROR_KINDS (from lifecycle): event kinds whose detail is remembered as the last error.
 #: Event kinds after which the plugin's last error is forgotten (a new version serves).
