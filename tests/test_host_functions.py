@@ -1567,6 +1567,7 @@ def test_log_needs_no_grant_and_writes_the_plugin_log(plugins: Path, engine: Was
         ("debug", "d1"), ("info", "i1"), ("warning", "w1"), ("warning", "w2"),
         ("error", "e1"), ("error", "e2"), ("info", "unknown level is info"), ("debug", "d2"),
         ("error", "e3"), ("info", "default-level"), ("info", "with a=x b=2")]
+    assert m.log_for("tk").records()[-1].fields == {"a": "x", "b": "2"}
     refused(m, "tk", "log", {"level": "info", "message": 5}, "log: 'message' must be a string")
     refused(m, "tk", "log", {"message": "m", "fields": [1]}, "log: 'fields' must be an object")
     assert len(plugin_records(m, "tk")) == 11

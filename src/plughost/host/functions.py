@@ -98,10 +98,10 @@ def log(ctx: HostContext, args: Any) -> dict[str, bool]:
         lvl = _LEVELS.get(str(level or "info").lower(), logging.INFO)
     message = field(ctx, a, "message", str, "log")
     fields = field(ctx, a, "fields", dict, "log") or {}
-    if fields:
-        message += " " + " ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
-                                  for k, v in sorted(fields.items()))
-    ctx.log.log(lvl, message, source="plugin")
+    texts = {k: v if isinstance(v, str) else json.dumps(v) for k, v in sorted(fields.items())}
+    if texts:  # in the line too, for a reader of the text log
+        message += " " + " ".join(f"{k}={v}" for k, v in texts.items())
+    ctx.log.log(lvl, message, source="plugin", fields=texts)
     return {"ok": True}
 
 

@@ -34,6 +34,7 @@ from typing import IO
 
 from ..errors import PluginLoadError
 from ..logs import LineWriter, PluginLog
+from . import hclog
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ class ChildProcess:
         return self.proc.returncode if self.exited.is_set() else None
 
     def _read_stdout(self) -> None:
-        out = LineWriter(self._log, "stdout")
+        out = LineWriter(self._log, "stdout", parse=hclog.parse)
         assert self.proc.stdout is not None
         with self.proc.stdout:  # each reader closes its own pipe at EOF
             self._stdout_lines(out)
@@ -203,7 +204,8 @@ class ChildProcess:
             out.write(raw if raw.endswith(b"\n") else raw + b"\n")
 
     def _read_stderr(self) -> None:
-        err = LineWriter(self._log, "stderr", logging.WARNING)
+        # stderr is where programs complain: a line that is no hclog line is a warning
+        err = LineWriter(self._log, "stderr", logging.WARNING, parse=hclog.parse)
         assert self.proc.stderr is not None
         with self.proc.stderr:
             for raw in _lines(self.proc.stderr):
