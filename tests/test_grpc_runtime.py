@@ -425,6 +425,49 @@ def test_handshake_refused(line: str, why: str, plugins: Path, manager: Manager,
     assert manager.names() == []
 
 
+def test_app_protocol_versions_are_negotiated_as_go_plugin_does(
+        plugins: Path, manager: Manager, new_loader: Callable[..., Loader]) -> None:
+    pdir = fixture_plugin(plugins, "v2", "handshake_plugin.py",
+                          {"handshake": {"protocol_version": [2, 1]}})
+    (pdir / "handshake.txt").write_text("1|{newest}|unix|{unix}|grpc")
+    old = fixture_plugin(plugins, "v1only", "handshake_plugin.py")
+    (old / "handshake.txt").write_text("1|2|unix|{unix}|grpc")  # speaks 2, host accepts 1
+    count, errors = new_loader().load_all()
+    assert count == 1 and manager.names() == ["v2"]  # it was offered "1,2" and chose 2
+    (err,) = errors
+    assert err.plugin == "v1only" and "app protocol version 2, plugin.yaml accepts 1" in str(err)
+    assert "set `handshake: {protocol_version: 2}` in plugin.yaml" in str(err)
+
+
+@pytest.mark.parametrize("bad", [0, [], [1, -2], True, "2"])
+def test_a_bad_protocol_version_is_a_manifest_error(bad: Any, plugins: Path,
+                                                    new_loader: Callable[..., Loader]) -> None:
+    fixture_plugin(plugins, "bad", "handshake_plugin.py", {"handshake": {"protocol_version": bad}})
+    _, errors = new_loader().load_all()
+    assert len(errors) == 1 and isinstance(errors[0], ManifestError)
+    assert "protocol_version" in str(errors[0])
+
+
+GO_PLUGIN_COOKIE_CHECK = """
+import os, sys
+if os.environ.get("BASIC_PLUGIN") != "hello":
+    sys.stderr.write("This binary is a plugin. These are not meant to be executed directly.\\n"
+                     "Please execute the program that consumes these plugins, which will\\n"
+                     "load any plugins automatically\\n")
+    sys.exit(1)
+"""
+
+
+def test_a_foreign_cookie_says_to_set_the_handshake(plugins: Path,
+                                                    new_loader: Callable[..., Loader]) -> None:
+    pdir = plugins / "foreign"
+    pdir.mkdir()
+    (pdir / "foreign.py").write_text(GO_PLUGIN_COOKIE_CHECK)
+    write_manifest(pdir, "foreign", "foreign.py", None)
+    (err,) = new_loader().load_all()[1]
+    assert "its magic cookie is not the one this host sends: set `handshake: " in str(err)
+
+
 def test_custom_magic_cookie(plugins: Path, manager: Manager,
                              new_loader: Callable[..., Loader]) -> None:
     cookie = ("MY_COOKIE", "xyz")

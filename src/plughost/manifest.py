@@ -101,10 +101,27 @@ class Resources(_Strict):
 
 
 class Handshake(_Strict):
-    """go-plugin magic cookie, for hosting foreign go-plugin plugins (grpc only)."""
+    """go-plugin's handshake, for hosting foreign go-plugin plugins (grpc only): the magic
+    cookie, and the app protocol version(s) the host accepts (go-plugin's
+    `PLUGIN_PROTOCOL_VERSIONS`; the plugin picks the newest it speaks)."""
 
     magic_cookie_key: str = "PLUGHOST_PLUGIN"
     magic_cookie_value: str = "v1"
+    protocol_version: int | list[int] = 1
+
+    @field_validator("protocol_version")
+    @classmethod
+    def _positive(cls, v: int | list[int]) -> int | list[int]:
+        values = v if isinstance(v, list) else [v]
+        if not values or any(isinstance(x, bool) or x < 1 for x in values):
+            raise ValueError("protocol_version is a positive integer or a list of them")
+        return v
+
+    @property
+    def versions(self) -> tuple[int, ...]:
+        """The accepted app protocol versions, ascending."""
+        v = self.protocol_version
+        return tuple(sorted(set(v if isinstance(v, list) else [v])))
 
 
 class SandboxSettings(_Strict):

@@ -109,7 +109,8 @@ def open_connection(launch: Launch, token: str, *, on_exit: Callable[[int], None
     token_fd = _token_pipe(token)
     try:
         proc = ChildProcess(cmd, str(launch.source.plugin_dir), _environment(launch, token_fd),
-                            launch.log, launch.name, on_exit=on_exit, pass_fds=(token_fd,))
+                            launch.log, launch.name, on_exit=on_exit, pass_fds=(token_fd,),
+                            versions=launch.source.manifest.handshake.versions)
     except OSError as exc:  # ENOEXEC (no shebang), EACCES, a vanished directory...
         raise PluginLoadError(f"cannot start {launch.source.entry}: {exc.strerror or exc}",
                               plugin=launch.name, path=launch.source.entry) from None
@@ -154,8 +155,13 @@ def open_connection(launch: Launch, token: str, *, on_exit: Callable[[int], None
             channel.close()
         proc.kill()
         if isinstance(exc, grpc.RpcError):
+            hint = ""
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED and stage in ("Register", "Init",
+                                                                          "Health.Check"):
+                hint = ("; not a plughost.v1 plugin: it serves no plughost.v1.Plugin service "
+                        "(a go-plugin plugin must implement plugin.proto's Plugin service)")
             raise PluginLoadError(
-                f"start-up {stage} RPC failed: {exc.code().name}: {exc.details()}"
+                f"start-up {stage} RPC failed: {exc.code().name}: {exc.details()}{hint}"
                 f"{proc.stderr_tail()}", plugin=launch.name) from None
         if isinstance(exc, PlughostError) and exc.plugin is None:
             exc.plugin = launch.name
@@ -183,7 +189,8 @@ def _environment(launch: Launch, token_fd: int) -> dict[str, str]:
     env.update({k: os.environ[k] for k in m.env if k in os.environ})
     env.update({
         m.handshake.magic_cookie_key: m.handshake.magic_cookie_value,
-        "PLUGIN_PROTOCOL_VERSIONS": "1",
+        # go-plugin's negotiation: the plugin serves the newest of these it speaks
+        "PLUGIN_PROTOCOL_VERSIONS": ",".join(map(str, m.handshake.versions)),
         "PLUGIN_UNIX_SOCKET_DIR": launch.run_dir,
         # go-plugin before 1.5 makes its socket under TMPDIR: there it is private too,
         # and reachable by the host from outside a sandbox.

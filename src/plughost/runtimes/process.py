@@ -59,7 +59,8 @@ class Handshake:
         return f"unix:{self.address}" if self.network == "unix" else self.address
 
 
-def parse_handshake(line: str, *, plugin: str) -> Handshake | None:
+def parse_handshake(line: str, *, plugin: str, versions: tuple[int, ...] = (1,)
+                    ) -> Handshake | None:
     """Parse a go-plugin handshake line; None if the line is not one (it is just output).
 
     Raises PluginLoadError for a handshake plughost cannot accept (netrpc, wrong versions,
@@ -75,8 +76,11 @@ def parse_handshake(line: str, *, plugin: str) -> Handshake | None:
 
     if hs.core != 1:
         raise refuse(f"core protocol version {hs.core}, plughost speaks 1")
-    if hs.app != 1:
-        raise refuse(f"app protocol version {hs.app}, plughost speaks 1")
+    if hs.app not in versions:
+        accepted = ", ".join(map(str, versions))
+        raise refuse(f"app protocol version {hs.app}, plugin.yaml accepts {accepted} (if "
+                     f"the plugin speaks {hs.app}, set `handshake: {{protocol_version: "
+                     f"{hs.app}}}` in plugin.yaml)")
     if hs.protocol == "netrpc":
         raise refuse("the plugin speaks go-plugin's netrpc; plughost hosts grpc plugins only "
                      "(build it with go-plugin's GRPCServer)")
@@ -160,8 +164,9 @@ class ChildProcess:
 
     def __init__(self, cmd: list[str], cwd: str, env: dict[str, str], log: PluginLog,
                  plugin: str, on_exit: Callable[[int], None] | None = None,
-                 pass_fds: tuple[int, ...] = ()) -> None:
+                 pass_fds: tuple[int, ...] = (), versions: tuple[int, ...] = (1,)) -> None:
         self.plugin = plugin
+        self.versions = versions
         self._log = log
         self._on_exit = on_exit
         self._handshake: Future[Handshake] = Future()
@@ -194,7 +199,7 @@ class ChildProcess:
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
             if not self._handshake.done():
                 try:
-                    hs = parse_handshake(line, plugin=self.plugin)
+                    hs = parse_handshake(line, plugin=self.plugin, versions=self.versions)
                 except PluginLoadError as exc:
                     self._handshake.set_exception(exc)
                     continue
@@ -222,13 +227,21 @@ class ChildProcess:
         self.exited.set()
         if not self._handshake.done():
             self._handshake.set_exception(PluginLoadError(
-                f"exited with code {code} before its handshake{self.stderr_tail()}",
-                plugin=self.plugin))
+                f"exited with code {code} before its handshake{self.stderr_tail()}"
+                f"{self._cookie_hint()}", plugin=self.plugin))
         if self._on_exit is not None:
             try:
                 self._on_exit(code)
             except Exception:
                 logger.exception("exit callback failed for %s", self.plugin)
+
+    def _cookie_hint(self) -> str:
+        """go-plugin's words for a wrong magic cookie: say what to change."""
+        if any("not meant to be executed directly" in line for line in self._stderr_tail):
+            return ("; its magic cookie is not the one this host sends: set `handshake: "
+                    "{magic_cookie_key: ..., magic_cookie_value: ...}` in plugin.yaml to "
+                    "the plugin's own")
+        return ""
 
     def stderr_tail(self) -> str:
         tail = list(self._stderr_tail)[-10:]
