@@ -4,8 +4,9 @@ the real server (uvicorn) on a copy of examples/plugins. No fixed sleeps: Playwr
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from plughost import Loader, Manager
 from plughost.runtimes.wasm import WasmEngine
 from plughost.server import create_app
 
+from .conftest import variant_dir
 from .serving import Served, serve_in_thread
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -140,7 +142,6 @@ def test_a_failed_reload_is_reported(page: Any, served: Served) -> None:
 
 def test_the_jobs_table_shows_a_jobs_last_run(browser: Any, plugins: Path,
                                                engine: WasmEngine) -> None:
-    from .conftest import variant_dir
     from .test_jobs import HandClock
 
     variant_dir(plugins, "ticker", {"jobs": [
@@ -168,5 +169,303 @@ def test_the_jobs_table_shows_a_jobs_last_run(browser: Any, plugins: Path,
             expect(pg.locator('#events li.event[data-kind="job_run"][data-plugin="ticker"]')) \
                 .to_have_count(1)
             context.close()
+    finally:
+        manager.close()
+
+
+# -- the dashboard, health, policies, event history ----------------------------------------
+
+
+@pytest.fixture
+def serve(plugins: Path, engine: WasmEngine) -> Iterator[Callable[..., Served]]:
+    """`serve(**create_app options)`: the server over `plugins`, stopped at the end."""
+    managers: list[Manager] = []
+    running: list[Any] = []
+
+    def start(**options: Any) -> Served:
+        manager = Manager(drain_timeout=5.0)
+        managers.append(manager)
+        ctx = serve_in_thread(create_app(manager, Loader(plugins, manager, engine=engine),
+                                         watch=False, keepalive=1.0, **options))
+        served = ctx.__enter__()
+        running.append(ctx)
+        return served
+
+    try:
+        yield start
+    finally:
+        for ctx in reversed(running):
+            ctx.__exit__(None, None, None)
+        for manager in managers:
+            manager.close()
+
+
+@pytest.fixture
+def open_page(browser: Any) -> Iterator[Callable[[Served], Any]]:
+    """`open_page(served)`: the admin page in a fresh browser context, its events flowing."""
+    contexts: list[Any] = []
+
+    def open_(s: Served) -> Any:
+        context = browser.new_context()
+        contexts.append(context)
+        pg = context.new_page()
+        expect.set_options(timeout=20_000)
+        pg.goto(s.url + "/")
+        expect(pg.locator("#live")).to_have_attribute("data-state", "open")
+        return pg
+
+    yield open_
+    for context in contexts:
+        context.close()
+
+
+PANEL_PLUGIN = '''
+from plughost import sdk
+
+plugin = sdk.Plugin("panel", version="1.0.0", widgets=[
+    {"id": "ticker", "title": "Ticker", "handler": "ticker", "size": "small", "order": 1,
+     "refreshable": True, "refresh_sec": 1},
+    {"id": "still", "title": "Still <life>", "handler": "still", "size": "large", "order": 2},
+    {"id": "elsewhere", "title": "Not here", "handler": "still", "location": "admin_home"},
+])
+calls = 0
+
+# The script reports where it runs: an opaque origin that cannot reach the admin page.
+PROBE = """<p id="where"></p><script>
+let reach;
+try { reach = String(!!parent.document.body); } catch (e) { reach = "no"; }
+document.getElementById("where").textContent = `origin ${window.origin}, parent ${reach}`;
+</script>"""
+
+@plugin.function
+def ticker(args):
+    global calls
+    calls += 1
+    return {"html": f"<p class='n'>call {calls}</p>" + PROBE}
+
+@plugin.function
+def still(args):
+    return {"html": "<p class='still'>unchanging</p>"}
+
+if __name__ == "__main__":
+    plugin.serve()
+'''
+
+
+def panel(plugins: Path) -> None:
+    pdir = plugins / "panel"
+    pdir.mkdir(parents=True)
+    (pdir / "panel.py").write_text(PANEL_PLUGIN)
+    (pdir / "plugin.yaml").write_text(
+        "name: panel\nversion: 1.0.0\nruntime: grpc\nbinary: panel.py\n")
+
+
+def test_the_dashboard_shows_each_widget_in_a_sandboxed_frame(
+        serve: Callable[..., Served], open_page: Callable[[Served], Any],
+        plugins: Path) -> None:
+    panel(plugins)
+    # testkit's echo answers its arguments, which have no `html`: a broken widget
+    variant_dir(plugins, "aaa", {"widgets": [{"id": "w", "title": "AAA", "handler": "echo"}]})
+    s = serve()
+    pg = open_page(s)
+    frames = pg.locator("#dashboard .widget-frame")
+    # in GoatFlow's order (order, then plugin, then id), only the dashboard's
+    expect(frames).to_have_count(3)
+    assert [(f.get_attribute("data-plugin"), f.get_attribute("data-widget"))
+            for f in frames.all()] == [("aaa", "w"), ("panel", "ticker"), ("panel", "still")]
+    ticker = pg.locator('.widget-frame[data-plugin="panel"][data-widget="ticker"]')
+    still = pg.locator('.widget-frame[data-plugin="panel"][data-widget="still"]')
+    assert ticker.get_attribute("sandbox") == "allow-scripts"  # no allow-same-origin
+    assert ticker.get_attribute("src") == "api/v1/plugins/panel/widgets/ticker?wrap=true"
+    expect(ticker).to_have_attribute("data-refresh", "1")
+    assert still.get_attribute("data-refresh") is None
+
+    inside = pg.frame_locator('.widget-frame[data-widget="ticker"]')
+    expect(inside.locator(".card-header")).to_have_text("Ticker")
+    expect(inside.locator("p.n")).to_have_text(re.compile(r"^call \d+$"))
+    # the widget's script runs, in an opaque origin, and cannot reach the page
+    expect(inside.locator("#where")).to_have_text("origin null, parent no")
+    expect(pg.frame_locator('.widget-frame[data-widget="still"]').locator(".card-header")) \
+        .to_have_text("Still <life>")
+    expect(pg.frame_locator('.widget-frame[data-widget="w"]').locator("body")) \
+        .to_have_text("Invalid widget response")
+
+    # sized by `size`: small is a quarter of the row, large three quarters
+    small = pg.locator('figure.widget[data-widget="ticker"]')
+    large = pg.locator('figure.widget[data-widget="still"]')
+    expect(small).to_have_attribute("data-size", "small")
+    expect(large).to_have_attribute("data-size", "large")
+    small_box, large_box = small.bounding_box(), large.bounding_box()
+    assert small_box is not None and large_box is not None
+    assert large_box["width"] > 2.5 * small_box["width"]
+
+    # refreshed every second: the frame loads again, with the handler's new answer, and
+    # without filling the page's history (the Back button)
+    history = pg.evaluate("history.length")
+    expect(ticker).to_have_attribute("data-loads", re.compile(r"^([3-9]|\d\d+)$"))
+    expect(inside.locator("p.n")).not_to_have_text("call 1")
+    assert pg.evaluate("history.length") == history
+    expect(still).to_have_attribute("data-loads", "1")  # not refreshable
+
+    r = httpx.post(f"{s.url}/api/v1/plugins/panel/disable", timeout=30)
+    assert r.json()["status"] == "disabled"
+    expect(pg.locator('.widget-frame[data-plugin="panel"]')).to_have_count(0)
+    expect(frames).to_have_count(1)  # aaa's stays
+    httpx.post(f"{s.url}/api/v1/plugins/aaa/unload", timeout=30)
+    expect(frames).to_have_count(0)
+    expect(pg.locator("#dashboard-empty")).to_be_visible()
+    httpx.post(f"{s.url}/api/v1/plugins/panel/enable", timeout=30)
+    expect(frames).to_have_count(2)
+    expect(pg.locator("#dashboard-empty")).to_be_hidden()
+    expect(pg.frame_locator('.widget-frame[data-widget="still"]').locator("p.still")) \
+        .to_have_text("unchanging")
+
+
+def test_the_health_column_and_the_crash_loop_reset(
+        serve: Callable[..., Served], open_page: Callable[[Served], Any],
+        plugins: Path) -> None:
+    from .conftest import wait_until
+    from .test_jobs import HandClock
+    from .test_platform_server import pinger
+
+    pinger(plugins, "well", "json")
+    pinger(plugins, "sick", "hang", call_timeout_ms=200)
+    clock = HandClock()
+    s = serve(health_clock=clock)
+    pg = open_page(s)
+    well, sick = row(pg, "well").locator(".health"), row(pg, "sick").locator(".health")
+    reset = row(pg, "sick").locator('button[data-action="reset-crashloop"]')
+    expect(well).to_have_attribute("data-health", "unknown")  # not probed yet
+    expect(sick).to_have_attribute("data-health", "unknown")
+    expect(pg.locator('button[data-action="reset-crashloop"]')).to_have_count(0)
+
+    def failures() -> int:
+        got = httpx.get(f"{s.url}/api/v1/plugins/health", timeout=30).json()["plugins"]
+        return int(got["sick"]["consecutive_failures"])
+
+    clock.advance(60)
+    expect(well).to_have_attribute("data-health", "healthy")  # its health event
+    expect(well.locator(".verdict")).to_have_text("healthy")
+    for n in (2, 3):  # one round at a time: a tick passed during a round is skipped
+        wait_until(lambda n=n: failures() == n - 1)
+        clock.advance(60)
+    # three deadlines: unhealthy, and restarted by the checker (its reload and health
+    # events refresh the page)
+    expect(sick).to_have_attribute("data-health", "unhealthy")
+    expect(sick.locator(".verdict")).to_have_text("unhealthy (failures 3)")
+    expect(sick.locator(".detail")).to_contain_text("restarts: 1")
+    expect(reset).to_be_visible()
+    expect(row(pg, "well").locator('button[data-action="reset-crashloop"]')).to_have_count(0)
+
+    reset.click()
+    expect(pg.locator("#message")).to_have_text("reset-crashloop sick: ok")
+    expect(reset).to_have_count(0)
+    got = httpx.get(f"{s.url}/api/v1/plugins/health", timeout=30).json()["plugins"]["sick"]
+    assert got["restart_attempts"] == 0
+    expect(sick).to_have_attribute("data-health", "unhealthy")  # still failing
+
+
+def test_the_policy_editor_saves_and_drops_a_policy(
+        serve: Callable[..., Served], open_page: Callable[[Served], Any],
+        plugins: Path) -> None:
+    variant_dir(plugins, "tk", {"resources": {"permissions": [
+        {"type": "cache"}, {"type": "db", "access": "read"}]}})
+    s = serve()
+    pg = open_page(s)
+    url = f"{s.url}/api/v1/plugins/tk/policy"
+    grants = row(pg, "tk").locator("td.grants .grant")
+    expect(grants).to_have_text(["cache", "db:read"])
+    row(pg, "tk").locator("td.name").click()
+    box, message = pg.locator("#policy"), pg.locator("#policy-message")
+    expect(message).to_have_text("no saved policy; effective grants: cache, db:read")
+    expect(message).to_have_attribute("data-kind", "ok")
+    expect(box).to_have_value("")
+
+    box.fill('{"revoke": [{"type": "cache"}]}')
+    pg.locator("#policy-save").click()
+    expect(message).to_have_text("saved; effective grants: db:read")
+    expect(grants).to_have_text(["db:read"])  # the table follows
+    assert json.loads(box.input_value()) == {"revoke": [{"type": "cache"}]}
+    got = httpx.get(url, timeout=30).json()
+    assert got["saved"] == {"revoke": [{"type": "cache"}]}
+    assert got["effective"]["grants"] == [{"type": "db", "access": "read"}]
+
+    bad = {"status": "sideways"}
+    refused = httpx.put(url, json=bad, timeout=30)
+    assert refused.status_code == 400
+    box.fill(json.dumps(bad))
+    pg.locator("#policy-save").click()
+    expect(message).to_have_attribute("data-kind", "error")
+    expect(message).to_contain_text(refused.json()["error"])
+    box.fill("{not json")
+    pg.locator("#policy-save").click()
+    expect(message).to_contain_text("not JSON")
+    assert httpx.get(url, timeout=30).json()["saved"] == {"revoke": [{"type": "cache"}]}
+
+    pg.locator("#policy-drop").click()
+    expect(message).to_have_text("dropped; effective grants: cache, db:read")
+    expect(box).to_have_value("")
+    expect(grants).to_have_text(["cache", "db:read"])
+    assert httpx.get(url, timeout=30).json()["saved"] is None
+
+
+def test_the_event_list_starts_with_the_history_and_never_repeats_it(
+        page: Any, served: Served) -> None:
+    events = page.locator("#events li.event")
+    loads = page.locator('#events li.event[data-kind="load"]')
+    # the server loaded three plugins before the page opened: the stream's history
+    expect(loads).to_have_count(3)
+    expect(page.locator('#events li.event[data-kind="load"][data-history="true"]')) \
+        .to_have_count(3)
+    assert sorted(x.get_attribute("data-plugin") for x in loads.all()) == [
+        "counter", "greeter", "hello"]
+    httpx.post(f"{served.url}/api/v1/plugins/hello/disable", timeout=30)
+    live = page.locator('#events li.event[data-kind="disable"]:not([data-history])')
+    expect(live).to_have_count(1)
+    expect(events.first).to_have_attribute("data-kind", "disable")  # newest first
+    # a new connection replays the history: nothing shown twice
+    page.evaluate("() => { source.close(); listen(); }")
+    httpx.post(f"{served.url}/api/v1/plugins/hello/enable", timeout=30)
+    expect(page.locator('#events li.event[data-kind="enable"]')).to_have_count(1)
+    expect(loads).to_have_count(3)
+    expect(page.locator('#events li.event[data-kind="disable"]')).to_have_count(1)
+    expect(events).to_have_count(5)
+
+
+def test_the_page_works_under_a_prefix_behind_a_token(browser: Any, plugins: Path,
+                                                        engine: WasmEngine) -> None:
+    """Relative URLs everywhere: mounted at /ph, every request, the event stream and the
+    widget frames carry the login cookie (its path is the prefix)."""
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    panel(plugins)
+    token = "a-token-for-the-admin-page"
+    manager = Manager(drain_timeout=5.0)
+    inner = create_app(manager, Loader(plugins, manager, engine=engine), watch=False,
+                       keepalive=1.0, token=token)
+    outer = Starlette(routes=[Mount("/ph", app=inner)],
+                      lifespan=inner.router.lifespan_context)
+    try:
+        with serve_in_thread(outer) as s:
+            # closed before the server stops: mounted, the server cannot end the page's
+            # event stream itself (docs/server.md), and shutdown would wait for it
+            context = browser.new_context()
+            try:
+                pg = context.new_page()
+                pg.goto(s.url + "/ph/")
+                expect(pg.locator("#login")).to_be_visible()  # every request was refused
+                expect(pg.locator("#dashboard .widget-frame")).to_have_count(0)
+                pg.locator("#token").fill(token)
+                pg.locator('#login button[type="submit"]').click()
+                expect(pg.locator("#login")).to_be_hidden()
+                expect(pg.locator("#live")).to_have_attribute("data-state", "open")
+                expect(row(pg, "panel").locator(".state")).to_have_text("running")
+                expect(pg.frame_locator('.widget-frame[data-widget="still"]')
+                       .locator("p.still")).to_have_text("unchanging")
+                expect(pg.locator('#events li.event[data-kind="load"][data-history="true"]')) \
+                    .to_have_count(1)
+            finally:
+                context.close()
     finally:
         manager.close()

@@ -411,3 +411,20 @@ def test_a_plugins_channel_streams_its_events_after_its_authorizer_agrees(
         assert r.status_code == 200  # no authorizer: any agent
     s.post("/api/v1/plugins/open/disable")
     assert s.get("/api/v1/plugins/open/events/any").status_code == 404
+
+
+def test_a_lazy_servers_widget_list_loads_plugins_unless_told_not_to(
+        site: Callable[..., Site], plugins: Path, engine: WasmEngine, tmp_path: Path) -> None:
+    variant_dir(plugins, "aaa", {"widgets": [{"id": "w", "title": "AAA", "handler": "echo"}]})
+    manager = Manager(settings=HostSettings(data_dir=tmp_path / "lazy"), drain_timeout=5.0)
+    app = create_app(manager, Loader(plugins, manager, engine=engine, lazy=True),
+                     watch=False, jobs=False, health=False)
+    try:
+        with serve_in_thread(app) as s:
+            r = httpx.get(f"{s.url}/api/v1/plugins/widgets?load=false", timeout=30)
+            assert r.json() == {"widgets": []} and manager.names() == []
+            r = httpx.get(f"{s.url}/api/v1/plugins/widgets", timeout=30)  # GoatFlow's sweep
+            assert [w["id"] for w in r.json()["widgets"]] == ["w"]
+            assert manager.names() == ["aaa"]
+    finally:
+        manager.close()

@@ -44,9 +44,11 @@ async def _sweep_lazy(st: ServerState) -> None:
 
 @reader
 async def widgets(request: Request) -> Response:
-    """GoatFlow's `{"widgets": [...]}` at `?location=` (default `dashboard`)."""
+    """GoatFlow's `{"widgets": [...]}` at `?location=` (default `dashboard`); with
+    `?load=false` (plughost's) a lazy server lists the loaded plugins' only."""
     st = state_of(request)
-    await _sweep_lazy(st)
+    if request.query_params.get("load") != "false":
+        await _sweep_lazy(st)
     location = request.query_params.get("location") or catalog.DEFAULT_WIDGET_LOCATION
     return JSONResponse({"widgets": [w.as_goatflow()
                                      for w in catalog.widgets(st.manager, location)]})
