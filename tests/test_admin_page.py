@@ -469,3 +469,32 @@ def test_the_page_works_under_a_prefix_behind_a_token(browser: Any, plugins: Pat
                 context.close()
     finally:
         manager.close()
+
+
+def test_a_goatflow_plugins_widget_shows_its_jobs_run(browser: Any, plugins: Path,
+                                                     serve: Callable[..., Served],
+                                                     open_page: Callable[[Served], Any]
+                                                     ) -> None:
+    """The corpus's ticket-tools (Go): its dashboard widget counts its job's runs, so a run
+    on the hand-moved clock shows in the jobs table and, at the next refresh, in the
+    widget's sandboxed frame."""
+    import shutil
+
+    from .test_goatflow_hostapi import CORPUS
+    from .test_jobs import HandClock
+
+    shutil.copytree(CORPUS / "ticket-tools", plugins / "ticket-tools")
+    clock = HandClock()
+    s = serve(job_clock=clock)
+    pg = open_page(s)
+    frame = pg.frame_locator(
+        'iframe.widget-frame[data-plugin="ticket-tools"][data-widget="open-tickets"]')
+    expect(frame.locator(".card-header")).to_have_text("Open tickets")
+    expect(frame.locator(".runs")).to_have_text("Job runs: 0")
+    tick = pg.locator('#jobs tr[data-job="tick"]')
+    expect(tick.locator(".schedule")).to_have_text("@every 1m")
+    clock.advance(60)
+    expect(tick.locator(".status")).to_have_text("ok")
+    expect(frame.locator(".runs")).to_have_text("Job runs: 1")  # refresh_sec 1
+    expect(pg.locator('#events li.event[data-kind="plugin_event"]'
+                      '[data-plugin="ticket-tools"]')).to_have_count(1)
