@@ -594,14 +594,14 @@ def test_unknown_keys_are_warnings_not_errors(tmp_path: Path) -> None:
     pdir = plugin_dir(tmp_path)
     write_manifest(pdir, wasm_yaml(
         "future_feature: {x: 1}\nmemory_mb: 64\nresources: {cpu: 2, memory_mb: 32}\n"
-        "handshake: {protocol_version: 2}\nconfig: {anything: 1, goes: [2]}\n"))
+        "handshake: {protocol_flavour: 2}\nconfig: {anything: 1, goes: [2]}\n"))
     lm = load_manifest(pdir)
     assert lm.manifest.resources.memory_mb == 32
     assert lm.manifest.config == {"anything": 1, "goes": [2]}
     text = "\n".join(lm.warnings)
     assert len(lm.warnings) == 4, lm.warnings
     for key in ("'future_feature'", "'memory_mb'", "'resources.cpu'",
-                "'handshake.protocol_version'"):
+                "'handshake.protocol_flavour'"):
         assert key in text
     assert all("unknown key" in w for w in lm.warnings)
     # config is free-form: its keys are the plugin's business, never "unknown"
