@@ -39,7 +39,8 @@ class Served:
 def serve_in_thread(app: Starlette, start_timeout: float = 60.0) -> Iterator[Served]:
     """Run `app` with uvicorn in a background thread (port 0: the kernel picks a free one);
     yields once it listens (the app's start-up, which loads the plugins, has run)."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_config=None)
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_config=None,
+                            proxy_headers=False)  # as plughost serve runs it
     server = PlughostServer(config)
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
     thread.start()

@@ -169,8 +169,8 @@ def test_http_says_failed_to_load_and_admin_shows_call_errors(
             assert body["type"] == "PluginUnavailable" and body["plugin"] == "bad"
             assert "failed to load" in body["error"]
             r = httpx.post(f"{s.url}/plugins/bad/anything", timeout=30)  # GoatFlow's shape
-            assert r.status_code == 503 and set(r.json()) == {"error"}
-            assert "plugin 'bad'" in r.json()["error"] and "failed to load" in r.json()["error"]
+            # a route's caller may be anyone: the why (and the paths) is the API's
+            assert (r.status_code, r.json()) == (503, {"error": "plugin 'bad' is unavailable"})
             r = httpx.post(f"{s.url}/plugins/ghost/x", timeout=30)
             assert r.status_code == 404 and "no such plugin" in r.json()["error"]
 

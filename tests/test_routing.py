@@ -37,7 +37,8 @@ def test_patterns_match_as_gin_and_plughost_write_them(path: str, value: str,
 
 
 @pytest.mark.parametrize("path", ["no-slash", "/a/*rest/b", "/a/:id/:id", "/a/../b",
-                                  "/a/?q", "/a/{bad", "/a/:"])
+                                  "/a/?q", "/a/{bad", "/a/:", "//evil.example/x", "/a//b",
+                                  "/\\evil.example"])
 def test_bad_patterns_are_refused(path: str) -> None:
     with pytest.raises(ValueError):
         parse_pattern(path)

@@ -109,6 +109,8 @@ def parse_pattern(path: str) -> Pattern:
     """`path` as a Pattern; ValueError says what is wrong with it."""
     if not path.startswith("/"):
         raise ValueError(f"path {path!r} must start with '/'")
+    if "//" in path or "\\" in path:  # `//host` is another site's URL to a browser
+        raise ValueError(f"path {path!r} has an empty segment or a backslash")
     body = path.strip("/")
     segments: list[Segment] = []
     names: set[str] = set()

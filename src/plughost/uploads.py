@@ -87,7 +87,9 @@ def _write_hidden(directory: Path, data: bytes, tag: str) -> Path:
 
 
 def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
+    if path.is_symlink():
+        path.unlink()
+    elif path.is_dir():
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
@@ -177,6 +179,12 @@ def install(loader: Loader, filename: str, data: bytes) -> Installed:
     replaced = target.exists()
     # a bare module already known by its registration keeps that name
     name = next((d.name for d in loader.discovered_plugins() if d.path == target), name)
+    elsewhere = [d.path for d in loader.discovered_plugins()
+                 if d.name == name and d.path != target]
+    if elsewhere:
+        _remove(new)
+        raise UploadRefused(f"plugin {name!r} is installed from {elsewhere[0]}; upload it "
+                            "in that form, or uninstall it first", plugin=name)
     try:
         swap = _Swap(new, target)
     except OSError as exc:
@@ -189,9 +197,18 @@ def install(loader: Loader, filename: str, data: bytes) -> Installed:
         swap.rollback()
         loader.discover_all()  # forget the refused files
         raise
-    swap.commit()
     # a bare module is named by its registration, not by its file
     name = next((d.name for d in loader.discovered_plugins() if d.path == target), name)
+    serving = loader.manager.get(name)
+    if serving is None or Path(serving.source.path).resolve() != target.resolve():
+        # the name is served from other files (`<name>/` beside an uploaded `<name>.wasm`):
+        # the upload would sit there as a duplicate, never serving
+        swap.rollback()
+        loader.discover_all()
+        where = serving.source.path if serving is not None else "elsewhere"
+        raise UploadRefused(f"plugin {name!r} is installed from {where}; upload it in that "
+                            "form, or uninstall it first", plugin=name)
+    swap.commit()
     logger.info("installed upload %s as %s (%s)", base, target, name)
     return Installed(name, target, runtime, len(data), replaced)
 
@@ -215,9 +232,13 @@ def uninstall(loader: Loader, name: str) -> list[Path]:
     root = loader.plugin_dir.resolve()
     removed: list[Path] = []
     for path in paths:
-        if not path.resolve().is_relative_to(root) or path.resolve() == root:
+        # Where the entry itself is, its last part not followed: a symlink inside the
+        # plugin dir is removed as a link (its target, wherever it is, is left alone).
+        where = path.parent.resolve() / path.name
+        if not where.is_relative_to(root) or where == root:
             continue  # never outside the plugin directory
-        for p in (path, sidecar(path)) if path.is_file() else (path,):
+        for p in (where, sidecar(where)) if not where.is_dir() or where.is_symlink() \
+                else (where,):
             if p.exists() or p.is_symlink():
                 _remove(p)
                 removed.append(p)

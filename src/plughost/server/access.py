@@ -87,21 +87,23 @@ def signature_ok(headers: dict[str, str], body: bytes, secret: str,
         if value is None:
             continue
         key = secret.encode()
+        if not value.isascii():  # a hex signature is ASCII; anything else is no match
+            return False
         if name == "stripe-signature":
             parts = dict(p.strip().partition("=")[::2] for p in value.split(","))
             stamp, sig = parts.get("t", ""), parts.get("v1", "")
-            if not stamp.isdigit():
+            if not (stamp.isascii() and stamp.isdigit()) or len(stamp) > 12:
                 return False
             if abs((time.time() if now is None else now) - int(stamp)) > STRIPE_TOLERANCE:
                 return False
             want = hmac.new(key, stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-            return hmac.compare_digest(want, sig.lower())
+            return hmac.compare_digest(want.encode(), sig.lower().encode())
         sig = value.strip()
         prefix, eq, rest = sig.partition("=")
         if eq and len(prefix) <= 10:  # "sha256=<hex>"
             sig = rest
         want = hmac.new(key, body, hashlib.sha256).hexdigest()
-        return hmac.compare_digest(want, sig.lower())
+        return hmac.compare_digest(want.encode(), sig.lower().encode())
     return None
 
 

@@ -221,8 +221,11 @@ async def jobs(request: Request) -> Response:
     return JSONResponse([dataclasses.asdict(j) for j in st.scheduler.jobs(plugin)])
 
 
-@reader
+@admin_only
 async def events(request: Request) -> Response:
+    """Every event, the plugins' own included: the operator's stream (a plugin's
+    `event_authorizer` guards its channels, `/api/v1/plugins/<name>/events/<channel>`,
+    not this one), so it is an admin's."""
     return EventStream(state_of(request).hub)
 
 

@@ -73,9 +73,16 @@ def language(request: Request, caller: Caller | None) -> str:
     return tag if tag.isalpha() and len(tag) <= 8 else ""
 
 
+#: The envelope keys as Go's encoding/json matches them: case-insensitively, with Unicode
+#: folding (U+017F long s is `s`, U+212A Kelvin is `k`), the last matching key winning. A
+#: client key that folds onto one would override the host's in a plugin that decodes
+#: into a struct, so every such spelling is the envelope's.
+_FOLDED_ENVELOPE = frozenset(k.casefold() for k in ENVELOPE_KEYS)
+
+
 def strip_client_envelope(args: dict[str, Any]) -> None:
-    for key in ENVELOPE_KEYS:
-        args.pop(key, None)
+    for key in [k for k in args if k.casefold() in _FOLDED_ENVELOPE]:
+        del args[key]
 
 
 def identity(request: Request, caller: Caller | None, *, with_org: bool) -> dict[str, Any]:

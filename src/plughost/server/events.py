@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import re
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -223,6 +224,7 @@ class EventStream(Response):
             return
 
 
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 #: GoatFlow's per-subscriber buffer and keep-alive for a plugin's channel stream.
 CHANNEL_QUEUE = 16
 CHANNEL_KEEPALIVE = 30.0
@@ -232,8 +234,9 @@ class ChannelStream(Response):
     """GoatFlow's stream of one plugin's events on one channel
     (`/api/v1/plugins/<name>/events/<channel>`): `event: connected` with
     `{"status":"ok"}`, then each `publish_event` of that plugin and channel as
-    `event: <event type>` and its data (a line break in the data continues on another
-    `data:` line, so the client reads the data back whole), `: keepalive` every 30 s."""
+    `event: <event type>` and its data (a line break, CR, LF or CRLF, continues on another
+    `data:` line, so the client reads the data back whole, with LF), `: keepalive` every
+    30 s."""
 
     media_type = "text/event-stream"
 
@@ -285,8 +288,10 @@ class ChannelStream(Response):
                     continue
                 if event is None:
                     break
-                kind = (event.event_type or "message").replace("\n", " ").replace("\r", " ")
-                lines = "".join(f"data: {line}\n" for line in event.detail.split("\n"))
+                kind = _LINE_BREAK.sub(" ", event.event_type or "message")
+                # SSE ends a line at CR, LF or CRLF: each is a new data line, so the data
+                # cannot add a field (`id:`, `retry:`, `event:`) of its own
+                lines = "".join(f"data: {line}\n" for line in _LINE_BREAK.split(event.detail))
                 await chunk(f"event: {kind}\n{lines}\n")
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:

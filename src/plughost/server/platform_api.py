@@ -142,6 +142,11 @@ async def upload(request: Request) -> Response:
     """GoatFlow's upload: multipart field `plugin`, a `.wasm` or `.zip`; installed into
     the plugin directory and loaded or reloaded before the answer."""
     st = state_of(request)
+    declared = request.headers.get("content-length", "")
+    if not declared.isdigit():  # a file part is spooled whole before any size check
+        return error_json("an upload must declare its Content-Length", "LengthRequired", 411)
+    if int(declared) > st.max_upload + 64 * 1024:  # the form's own bytes aside
+        return error_json(f"upload larger than {st.max_upload} bytes", "PayloadTooLarge", 413)
     try:
         async with asyncio.timeout(st.body_timeout):
             async with request.form(max_files=1, max_fields=10,

@@ -22,7 +22,9 @@ from ..callers import Caller
 from ..errors import (
     HostCallError,
     PlughostError,
+    PluginCallError,
     PluginDisabled,
+    PluginLoadError,
     PluginNotFound,
     PluginTimeout,
     PluginUnavailable,
@@ -73,6 +75,10 @@ def parse_json(raw: bytes) -> Any:
 
 
 
+#: Bodies and results past this many bytes are handled off the event loop.
+OFF_LOOP = 64 * 1024
+
+
 async def caller_of(request: Request) -> Caller | None:
     """Who the identity hook says is calling (None: anonymous)."""
     hook = state_of(request).identify
@@ -90,18 +96,19 @@ def credentials_sent(request: Request) -> bool:
 
 def call_error(exc: PlughostError) -> Response:
     """A failed route call, as GoatFlow's router answers it (plughost tells timeouts and
-    unavailable plugins apart)."""
+    unavailable plugins apart). A route's caller may be anyone: why a plugin cannot serve
+    (a load error, with the paths of its files) is for its log and the management API."""
     if isinstance(exc, PluginNotFound):
-        status = 404
-    elif isinstance(exc, PluginDisabled):
-        status = 403
-    elif isinstance(exc, PluginTimeout):
-        status = 504
-    elif isinstance(exc, PluginUnavailable):  # its load failed, it crash-looped
-        status = 503
-    else:
-        status = 500
-    return error_response(str(exc), status)
+        return error_response(str(exc), 404)
+    if isinstance(exc, PluginDisabled):
+        return error_response(str(exc), 403)
+    if isinstance(exc, PluginTimeout):
+        return error_response(str(exc), 504)
+    if isinstance(exc, PluginUnavailable | PluginLoadError):  # its load failed, crash loop
+        return error_response(f"plugin {exc.plugin!r} is unavailable", 503)
+    if isinstance(exc, PluginCallError):  # the plugin's own words (GoatFlow shows them)
+        return error_response(str(exc), 500)
+    return error_response(f"plugin {exc.plugin!r} failed", 500)
 
 
 async def _read(request: Request, st: ServerState, limit: int, too_big: str
@@ -144,11 +151,19 @@ async def serve_route(request: Request, route: MountedRoute, params: dict[str, s
         return refused
     plugin = st.manager.get(route.plugin)
     with_org = plugin is None or not plugin.registration.skip_org_injection
-    args = route_args(request, params, body, caller, with_org=with_org)
+
+    def envelope() -> bytes:
+        return gojson.dumps(route_args(request, params, body, caller, with_org=with_org))
+
+    # A big body or result is parsed and encoded off the event loop, which must keep
+    # serving everyone else meanwhile; a small one is cheaper than the thread hop.
+    args = await asyncio.to_thread(envelope) if len(body) > OFF_LOOP else envelope()
     try:
-        raw = await st.manager.acall_raw(route.plugin, route.handler, gojson.dumps(args))
+        raw = await st.manager.acall_raw(route.plugin, route.handler, args)
     except PlughostError as exc:
         return call_error(exc)
+    if len(raw) > OFF_LOOP:
+        return await asyncio.to_thread(to_response, raw, st.layout)
     return to_response(raw, st.layout)
 
 

@@ -159,9 +159,11 @@ def serve(directory: Path, *, host: str = "127.0.0.1", port: int = 8080, watch: 
                      body_timeout=body_timeout, health=health, auto_restart=auto_restart)
     # Room for every allowed connection plus the plugins' own pipes and sockets.
     raise_fd_limit(max_connections + 1024)
+    # proxy_headers off: X-Forwarded-For is a client's word (plughost serve runs behind no
+    # proxy it knows), so the webhook limiter counts the connection's own address
     config = uvicorn.Config(app, lifespan="on", log_config=None, timeout_graceful_shutdown=10,
                             http=limited_protocol(header_timeout, max_connections),
-                            timeout_keep_alive=5)
+                            timeout_keep_alive=5, proxy_headers=False)
 
     def ready(server: PlughostServer) -> None:
         shown = f"[{host}]" if ":" in host else host
