@@ -222,9 +222,15 @@ class GrpcPlugin(PluginBase):
     def _rpc_error(self, exc: grpc.RpcError, function: str, deadline: Deadline
                    ) -> PlughostError:
         code = exc.code()
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        # Classified by the call's own deadline, not by the code: a Go handler that returns
+        # ctx.Err() answers UNKNOWN "context deadline exceeded" (or CANCELLED) when the
+        # host's deadline fired, and DEADLINE_EXCEEDED for a deadline of its own.
+        if deadline.left() <= _DEADLINE_SLACK:
             return PluginTimeout(f"call exceeded its deadline of {deadline.text()}",
                                  plugin=self.name, function=function)
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return PluginCallError(f"the plugin's own deadline passed: {exc.details()}",
+                                   plugin=self.name, function=function)
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
             return PluginResourceError(f"message too large or plugin overloaded: "
                                        f"{exc.details()}", plugin=self.name, function=function)
@@ -233,6 +239,10 @@ class GrpcPlugin(PluginBase):
                                      f"({code.name}: {exc.details()})", plugin=self.name)
         return PluginCallError(f"RPC failed: {code.name}: {exc.details()}", plugin=self.name,
                                function=function)
+
+
+#: An error this close to the call's deadline is the deadline's (clocks and the wire).
+_DEADLINE_SLACK = 0.005
 
 
 def load_grpc_plugin(source: PluginSource, host: HostFunctions, log: PluginLog, *,

@@ -62,6 +62,14 @@ class Connection:
     channel: grpc.Channel
     stub: pb_grpc.PluginStub
     registration: Registration
+    #: the Unix socket it announced inside its private directory (go-plugin before 1.5
+    #: makes it under TMPDIR, there too), removed once the process is gone
+    socket: str | None = None
+
+    def _remove_socket(self) -> None:
+        if self.socket is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.socket)
 
     def stop(self, grace: float, *, polite: bool) -> None:
         """Ask it to stop (plughost's Shutdown, then go-plugin's controller), wait, then
@@ -83,11 +91,14 @@ class Connection:
             self.proc.exited.wait(left() * 0.8)
         self.proc.stop(grace=left() if polite else 0.0)
         self.channel.close()
+        self._remove_socket()
 
     def drop(self) -> None:
-        """After the process died: close the channel, kill what it left in its group."""
+        """After the process died: close the channel, kill what it left in its group,
+        remove its socket (a restart announces a new one)."""
         self.channel.close()
         self.proc.stop(grace=0.0)
+        self._remove_socket()
 
 
 def open_connection(launch: Launch, token: str, *, on_exit: Callable[[int], None],
@@ -117,9 +128,13 @@ def open_connection(launch: Launch, token: str, *, on_exit: Callable[[int], None
     finally:
         os.close(token_fd)
     channel: grpc.Channel | None = None
+    announced: str | None = None
     stage = "handshake"
     try:
         hs = proc.wait_handshake(left(0.0), res.start_timeout_ms)
+        if hs.network == "unix" and os.path.abspath(hs.address).startswith(
+                launch.run_dir + "/"):
+            announced = os.path.abspath(hs.address)
         _check_reachable(launch, hs)
         stage = "connect"
         channel = grpc.insecure_channel(hs.target, options=CHANNEL_OPTIONS)
@@ -149,11 +164,14 @@ def open_connection(launch: Launch, token: str, *, on_exit: Callable[[int], None
                 config={k: v if isinstance(v, str) else json.dumps(v)
                         for k, v in config.items()}),
                 timeout=left(), metadata=((chain.CALL_ID_METADATA, call_id),))
-        return Connection(proc, channel, stub, reg)
+        return Connection(proc, channel, stub, reg, socket=announced)
     except BaseException as exc:
         if channel is not None:
             channel.close()
         proc.kill()
+        if announced is not None:  # a start that failed leaves no socket behind
+            with contextlib.suppress(OSError):
+                os.unlink(announced)
         if isinstance(exc, grpc.RpcError):
             hint = ""
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED and stage in ("Register", "Init",
