@@ -19,32 +19,7 @@ from plughost import Loader, Manager, PluginDisabled
 from plughost.health import GO_ZERO_TIME, HealthChecker, PluginHealth, go_time
 
 from .conftest import wait_until, write_wasm
-
-T0 = 1_800_000_000.0  # 2027-01-15 08:00:00 UTC
-
-
-class HandClock:
-    """A clock that moves only when told; `wait` returns when woken or when moved past
-    (as tests/test_jobs.py's)."""
-
-    def __init__(self, t: float = T0) -> None:
-        self.t = t
-        self._cond = threading.Condition()
-
-    def now(self) -> float:
-        with self._cond:
-            return self.t
-
-    def wait(self, wake: threading.Event, seconds: float) -> None:
-        with self._cond:
-            end = self.t + seconds
-            while not wake.is_set() and self.t < end:
-                self._cond.wait(0.01)  # also notices `wake`, which has no condition
-
-    def advance(self, seconds: float) -> None:
-        with self._cond:
-            self.t += seconds
-            self._cond.notify_all()
+from .test_jobs import T0, HandClock
 
 PAYLOAD = {"status": "ok", "runtime": "test-wasm", "version": "1.0.0"}
 

@@ -159,26 +159,23 @@ class EventHub:
             c.close()
 
 
-class EventStream(Response):
-    """`text/event-stream` of manager events until the client leaves or the hub closes.
-
-    Each event is one `data: {"kind", "plugin", "time", "detail"}` message (a
-    `plugin_event` adds `channel` and `event_type`; its data is `detail`), the hub's
-    history first (each with `"history": true`), then live ones; a comment line every
-    `keepalive` seconds keeps proxies from closing an idle stream; `event: dropped` tells a
-    slow client how many events it lost (it should re-read /api/v1/plugins).
-    """
+class _HubStream(Response):
+    """A `text/event-stream` fed by one hub client until the client leaves or the hub
+    closes; subclasses say which events (`_connect`) and how they are written (`_frames`)."""
 
     media_type = "text/event-stream"
 
-    def __init__(self, hub: EventHub) -> None:  # no body: no content-length
+    def __init__(self, hub: EventHub, headers: dict[str, str]) -> None:  # no content-length
         self.hub = hub
         self.status_code = 200
         self.background = None
-        self.init_headers({"cache-control": "no-cache", "x-accel-buffering": "no"})
+        self.init_headers(headers)
+
+    def _connect(self) -> tuple[_Client, list[Event]] | None:
+        return self.hub.connect()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        joined = self.hub.connect()
+        joined = self._connect()
         client, past = joined if joined is not None else (None, [])
         try:
             async with anyio.create_task_group() as tg:
@@ -204,24 +201,51 @@ class EventStream(Response):
                         "more_body": True})
 
         try:
-            await chunk("retry: 2000\n: connected\n\n")
+            await chunk(self._opening())
             for old in past:
-                await chunk(f"data: {json.dumps({**event_json(old), 'history': True})}\n\n")
+                await chunk(self._frame(old, history=True))
             while client is not None:
                 try:
-                    event = await asyncio.wait_for(client.queue.get(), self.hub.keepalive)
+                    event = await asyncio.wait_for(client.queue.get(), self._keepalive())
                 except TimeoutError:
-                    await chunk(": keep-alive\n\n")
+                    await chunk(self._idle())
                     continue
                 if client.dropped:
                     await chunk(f"event: dropped\ndata: {{\"dropped\": {client.dropped}}}\n\n")
                     client.dropped = 0
                 if event is None:
                     break
-                await chunk(f"data: {json.dumps(event_json(event))}\n\n")
+                await chunk(self._frame(event, history=False))
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:  # the client went away mid-write
             return
+
+    def _keepalive(self) -> float:
+        return self.hub.keepalive
+
+    def _opening(self) -> str:
+        return "retry: 2000\n: connected\n\n"
+
+    def _idle(self) -> str:
+        return ": keep-alive\n\n"
+
+    def _frame(self, event: Event, *, history: bool) -> str:
+        data = {**event_json(event), "history": True} if history else event_json(event)
+        return f"data: {json.dumps(data)}\n\n"
+
+
+class EventStream(_HubStream):
+    """Every manager event until the client leaves or the hub closes.
+
+    Each event is one `data: {"kind", "plugin", "time", "detail"}` message (a
+    `plugin_event` adds `channel` and `event_type`; its data is `detail`), the hub's
+    history first (each with `"history": true`), then live ones; a comment line every
+    `keepalive` seconds keeps proxies from closing an idle stream; `event: dropped` tells a
+    slow client how many events it lost (it should re-read /api/v1/plugins).
+    """
+
+    def __init__(self, hub: EventHub) -> None:
+        super().__init__(hub, {"cache-control": "no-cache", "x-accel-buffering": "no"})
 
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
@@ -230,70 +254,40 @@ CHANNEL_QUEUE = 16
 CHANNEL_KEEPALIVE = 30.0
 
 
-class ChannelStream(Response):
+class ChannelStream(_HubStream):
     """GoatFlow's stream of one plugin's events on one channel
     (`/api/v1/plugins/<name>/events/<channel>`): `event: connected` with
     `{"status":"ok"}`, then each `publish_event` of that plugin and channel as
     `event: <event type>` and its data (a line break, CR, LF or CRLF, continues on another
     `data:` line, so the client reads the data back whole, with LF), `: keepalive` every
-    30 s."""
-
-    media_type = "text/event-stream"
+    30 s. No history: GoatFlow's subscriber starts from now."""
 
     def __init__(self, hub: EventHub, plugin: str, channel: str,
                  keepalive: float = CHANNEL_KEEPALIVE) -> None:
-        self.hub, self.plugin, self.channel, self.keepalive = hub, plugin, channel, keepalive
-        self.status_code = 200
-        self.background = None
-        self.init_headers({"cache-control": "no-cache", "connection": "keep-alive",
-                           "x-accel-buffering": "no"})
+        super().__init__(hub, {"cache-control": "no-cache", "connection": "keep-alive",
+                               "x-accel-buffering": "no"})
+        self.plugin, self.channel, self.keepalive = plugin, channel, keepalive
 
     def _wanted(self, e: Event) -> bool:
         return e.kind == "plugin_event" and e.plugin == self.plugin \
             and e.channel == self.channel
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def _connect(self) -> tuple[_Client, list[Event]] | None:
         joined = self.hub.connect(size=CHANNEL_QUEUE, want=self._wanted)
-        client = joined[0] if joined is not None else None
-        try:
-            async with anyio.create_task_group() as tg:
+        return None if joined is None else (joined[0], [])
 
-                async def pump() -> None:
-                    await self._pump(client, send)
-                    tg.cancel_scope.cancel()
+    def _keepalive(self) -> float:
+        return self.keepalive
 
-                tg.start_soon(pump)
-                while (await receive())["type"] != "http.disconnect":
-                    pass
-                tg.cancel_scope.cancel()
-        finally:
-            if client is not None:
-                self.hub.disconnect(client)
+    def _opening(self) -> str:
+        return 'event: connected\ndata: {"status":"ok"}\n\n'
 
-    async def _pump(self, client: _Client | None, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": self.raw_headers})
+    def _idle(self) -> str:
+        return ": keepalive\n\n"
 
-        async def chunk(text: str) -> None:
-            await send({"type": "http.response.body", "body": text.encode(),
-                        "more_body": True})
-
-        try:
-            await chunk('event: connected\ndata: {"status":"ok"}\n\n')
-            while client is not None:
-                try:
-                    event = await asyncio.wait_for(client.queue.get(), self.keepalive)
-                except TimeoutError:
-                    await chunk(": keepalive\n\n")
-                    continue
-                if event is None:
-                    break
-                kind = _LINE_BREAK.sub(" ", event.event_type or "message")
-                # SSE ends a line at CR, LF or CRLF: each is a new data line, so the data
-                # cannot add a field (`id:`, `retry:`, `event:`) of its own
-                lines = "".join(f"data: {line}\n" for line in _LINE_BREAK.split(event.detail))
-                await chunk(f"event: {kind}\n{lines}\n")
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except OSError:
-            return
-
+    def _frame(self, event: Event, *, history: bool) -> str:
+        kind = _LINE_BREAK.sub(" ", event.event_type or "message")
+        # SSE ends a line at CR, LF or CRLF: each is a new data line, so the data cannot
+        # add a field (`id:`, `retry:`, `event:`) of its own
+        lines = "".join(f"data: {line}\n" for line in _LINE_BREAK.split(event.detail))
+        return f"event: {kind}\n{lines}\n"
