@@ -411,7 +411,6 @@ def test_handshake_variants_accepted(line: str, plugins: Path, manager: Manager,
 
 
 @pytest.mark.parametrize(("line", "why"), [
-    ("1|1|unix|{unix}|netrpc", "netrpc"),
     ("2|1|unix|{unix}|grpc", "core protocol version 2"),
     ("1|1|tcp|10.9.8.7:1234|grpc", "not on loopback"),
 ])
@@ -468,6 +467,14 @@ def test_a_foreign_cookie_says_to_set_the_handshake(plugins: Path,
     assert "its magic cookie is not the one this host sends: set `handshake: " in str(err)
 
 
+def test_a_grpc_server_announced_as_netrpc_fails_as_net_rpc(
+        plugins: Path, manager: Manager, new_loader: Callable[..., Loader]) -> None:
+    pdir = fixture_plugin(plugins, "hs", "handshake_plugin.py")
+    (pdir / "handshake.txt").write_text("1|1|unix|{unix}|netrpc")
+    (err,) = new_loader().load_all()[1]
+    assert "start-up (net/rpc) " in str(err) and manager.names() == []
+
+
 def test_custom_magic_cookie(plugins: Path, manager: Manager,
                              new_loader: Callable[..., Loader]) -> None:
     cookie = ("MY_COOKIE", "xyz")
@@ -488,15 +495,22 @@ def test_environment_is_minimal(plugins: Path, manager: Manager, monkeypatch: py
     monkeypatch.setenv("PH_TEST_LISTED", "listed value")
     monkeypatch.setenv("PH_TEST_UNLISTED", "secret")
     monkeypatch.delenv("PH_TEST_ABSENT", raising=False)
+    # GoatFlow's way: a plugin's own GOATFLOW_PLUGIN_<NAME>_* variables, as they are and bare;
+    # another plugin's are not passed
+    monkeypatch.setenv("GOATFLOW_PLUGIN_ENVP_API_KEY", "k1")
+    monkeypatch.setenv("GOATFLOW_PLUGIN_OTHER_API_KEY", "k2")
     sdk_plugin(plugins, "envp", manifest={"env": ["PH_TEST_LISTED", "PH_TEST_ABSENT"]})
     new_loader().load_all()
     expected = {"PATH", "PLUGHOST_PLUGIN", "PLUGIN_PROTOCOL_VERSIONS", "PLUGIN_UNIX_SOCKET_DIR",
                 "TMPDIR", "PLUGHOST_HOST_ADDR", "PLUGHOST_HOST_TOKEN_FD", "PYTHONUNBUFFERED",
-                "PYTHONDONTWRITEBYTECODE", "PH_TEST_LISTED"}
+                "PYTHONDONTWRITEBYTECODE", "PH_TEST_LISTED", "HOME", "GOATKIT_PLUGIN",
+                "GOATFLOW_PLUGIN_ENVP_API_KEY", "ENVP_API_KEY"}
     env = manager.call("envp", "env")
     # Python itself may add LC_CTYPE (PEP 538 locale coercion) after exec; nothing else.
     assert set(env) - {"LC_CTYPE"} == expected
-    assert env["TMPDIR"] == env["PLUGIN_UNIX_SOCKET_DIR"] and env["PYTHONDONTWRITEBYTECODE"] == "1"
+    assert env["TMPDIR"] == env["PLUGIN_UNIX_SOCKET_DIR"] == env["HOME"]
+    assert env["PYTHONDONTWRITEBYTECODE"] == "1" and env["GOATKIT_PLUGIN"] == "goatkit-v1"
+    assert env["GOATFLOW_PLUGIN_ENVP_API_KEY"] == env["ENVP_API_KEY"] == "k1"
     # The token is in no environment: a number names the pipe it waits in.
     assert env["PLUGHOST_HOST_TOKEN_FD"].isdigit()
     token = manager.call("envp", "token")

@@ -17,8 +17,8 @@ among its in-flight calls: conservative, never more permissive than the truth.
 
 from __future__ import annotations
 
-import itertools
 import json
+import secrets
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,7 +53,6 @@ _NO_PATH = CallPath()  # frozen: safe to share as the default
 _path: ContextVar[CallPath] = ContextVar("plughost_call_path", default=_NO_PATH)
 _calls: dict[str, CallPath] = {}
 _lock = threading.Lock()
-_ids = itertools.count(1)
 
 
 def current() -> tuple[str, ...]:
@@ -128,7 +127,7 @@ def using(call_path: CallPath) -> Iterator[None]:
 @contextmanager
 def remote_call() -> Iterator[str]:
     """Register the current path under a fresh id for the duration of an RPC."""
-    call_id = str(next(_ids))
+    call_id = secrets.token_hex(16)  # GoatFlow's call token: unguessable, 16 random bytes
     with _lock:
         _calls[call_id] = _path.get()
     try:
@@ -136,6 +135,14 @@ def remote_call() -> Iterator[str]:
     finally:
         with _lock:
             _calls.pop(call_id, None)
+
+
+def live(call_id: str, plugin: str) -> bool:
+    """Is `call_id` an RPC into `plugin` in flight now (GoatFlow's call token: valid until
+    its call returns, and only for the plugin it was sent to)?"""
+    with _lock:
+        known = _calls.get(call_id)
+    return known is not None and known.plugins[-1:] == (plugin,)
 
 
 def lookup(call_id: str | None, plugin: str) -> CallPath:

@@ -37,10 +37,11 @@ from ..leftovers import owned_dir
 from ..lifecycle import EventKind, PluginState
 from ..logs import PluginLog
 from ..plugin import Kind, PluginSource, Staged, StartContext
-from ..proto.plughost.v1 import plugin_pb2 as pb
 from ..registration import Registration
+from ..wire import netrpc
 from .base import PluginBase, owning_private_copy
 from .grpc_connection import Connection, Launch, open_connection
+from .netrpc_connection import CallFailed, HostAPI, NetRpcConnection
 from .sandbox import Sandbox
 from .supervisor import RestartPolicy, Supervisor, Verdict
 
@@ -70,7 +71,7 @@ class GrpcPlugin(PluginBase):
         self._closing = threading.Event()
         self._state: PluginState = "starting"
         self._gen = 0
-        self._conn: Connection | None = None
+        self._conn: Connection | NetRpcConnection | None = None
         self._launch: Launch | None = None  # made by start()
         self._host = host
         self._dir = ""  # made by start()
@@ -89,7 +90,8 @@ class GrpcPlugin(PluginBase):
             self._host_server = HostServer(os.path.join(self._dir, "host.sock"), self._host,
                                            lambda: self.host_context, lambda: self._token)
             self._launch = Launch(self._source, self._log, self._sandbox, self._dir,
-                                  self._host_server.address)
+                                  self._host_server.address,
+                                  HostAPI(self._host, lambda: self.host_context))
             self._conn = self._start()
         except BaseException:
             self._closing.set()
@@ -117,19 +119,19 @@ class GrpcPlugin(PluginBase):
             raise PluginUnavailable(why, plugin=self.name)
         dl = self._deadline(deadline)
         try:
-            # The call id lets this plugin's host calls find their call chain (plugin_call).
+            # The call id (net/rpc: the call token) lets this plugin's host calls find
+            # their call chain (plugin_call, the caller's language and organisation).
             with chain.remote_call() as call_id:
-                resp = conn.stub.Call(pb.CallRequest(function=function, args=args),
-                                      timeout=dl.left(),
-                                      metadata=((chain.CALL_ID_METADATA, call_id),))
+                return conn.call(function, args, timeout=dl.left(), token=call_id)
+        except CallFailed as exc:
+            raise PluginCallError(str(exc), plugin=self.name, function=function) from None
         except grpc.RpcError as exc:
             raise self._rpc_error(exc, function, dl) from None
+        except netrpc.RPCError as exc:
+            raise self._netrpc_error(exc, function, dl) from None
         except ValueError:  # the channel was closed under us: the process just crashed
             raise PluginUnavailable(f"{function}: the plugin process went away during the "
                                     "call", plugin=self.name) from None
-        if resp.error:
-            raise PluginCallError(resp.error, plugin=self.name, function=function)
-        return bytes(resp.result)
 
     def shutdown(self) -> None:
         with self._lock:
@@ -143,7 +145,7 @@ class GrpcPlugin(PluginBase):
 
     # -- start / stop ------------------------------------------------------------------
 
-    def _start(self) -> Connection:
+    def _start(self) -> Connection | NetRpcConnection:
         """Start a process (a new token, a new generation) and bring it to a registered,
         initialised plugin."""
         assert self._launch is not None, "start() makes the directory and Host service"
@@ -163,7 +165,7 @@ class GrpcPlugin(PluginBase):
         self._registration = reg
         self.host_context = self._context(reg)
 
-    def _stop_connection(self, conn: Connection, *, polite: bool) -> None:
+    def _stop_connection(self, conn: Connection | NetRpcConnection, *, polite: bool) -> None:
         conn.stop(self._source.manifest.resources.shutdown_timeout_ms / 1000, polite=polite)
 
     def _cleanup(self) -> None:
@@ -218,6 +220,18 @@ class GrpcPlugin(PluginBase):
             return
         self._log.info("restarted", source="host")
         self._on_event("restart", "")
+
+    def _netrpc_error(self, exc: netrpc.RPCError, function: str, deadline: Deadline
+                      ) -> PlughostError:
+        if isinstance(exc, netrpc.CallTimeout) or deadline.left() <= _DEADLINE_SLACK:
+            # net/rpc cannot cancel: the plugin's handler runs on, its late answer dropped
+            return PluginTimeout(f"call exceeded its deadline of {deadline.text()}",
+                                 plugin=self.name, function=function)
+        if isinstance(exc, netrpc.ServerError):  # e.g. rpc: can't find method
+            return PluginCallError(f"RPC failed: {exc.message}", plugin=self.name,
+                                   function=function)
+        return PluginUnavailable(f"{function}: the plugin process is not answering ({exc})",
+                                 plugin=self.name)
 
     def _rpc_error(self, exc: grpc.RpcError, function: str, deadline: Deadline
                    ) -> PlughostError:

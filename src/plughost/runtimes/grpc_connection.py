@@ -31,6 +31,7 @@ from ..proto.plughost.v1 import plugin_pb2 as pb
 from ..proto.plughost.v1 import plugin_pb2_grpc as pb_grpc
 from ..registration import Registration, parse_registration
 from ..signing import list_directory
+from .netrpc_connection import CallFailed, HostAPI, NetRpcConnection, open_netrpc
 from .process import ChildProcess, Handshake
 from .sandbox import Sandbox
 
@@ -48,6 +49,7 @@ class Launch:
     sandbox: Sandbox
     run_dir: str  # the plugin's private 0700 directory: sockets, TMPDIR, the only writable
     host_address: str  # its Host service
+    host_api: HostAPI | None = None  # the host API a net/rpc plugin gets over its broker
 
     @property
     def name(self) -> str:
@@ -70,6 +72,14 @@ class Connection:
         if self.socket is not None:
             with contextlib.suppress(OSError):
                 os.unlink(self.socket)
+
+    def call(self, function: str, args: bytes, *, timeout: float, token: str) -> bytes:
+        """`Plugin.Call`; raises grpc.RpcError, or CallFailed with the plugin's error."""
+        resp = self.stub.Call(pb.CallRequest(function=function, args=args), timeout=timeout,
+                              metadata=((chain.CALL_ID_METADATA, token),))
+        if resp.error:
+            raise CallFailed(resp.error)
+        return bytes(resp.result)
 
     def stop(self, grace: float, *, polite: bool) -> None:
         """Ask it to stop (plughost's Shutdown, then go-plugin's controller), wait, then
@@ -102,7 +112,8 @@ class Connection:
 
 
 def open_connection(launch: Launch, token: str, *, on_exit: Callable[[int], None],
-                    on_registered: Callable[[Registration], None]) -> Connection:
+                    on_registered: Callable[[Registration], None]
+                    ) -> Connection | NetRpcConnection:
     """Start one process and bring it to a registered, initialised plugin.
 
     `on_registered` runs between `Register` and `Init`, so the host knows who the plugin is
@@ -136,6 +147,15 @@ def open_connection(launch: Launch, token: str, *, on_exit: Callable[[int], None
                 launch.run_dir + "/"):
             announced = os.path.abspath(hs.address)
         _check_reachable(launch, hs)
+        if hs.protocol == "netrpc":  # go-plugin's net/rpc, as GoatFlow's plugins speak it
+            assert launch.host_api is not None
+            conn = open_netrpc(proc, hs, name=launch.name, source_path=str(launch.source.path),
+                               plugin_dir=str(launch.source.plugin_dir),
+                               work_dir=launch.run_dir, config=launch.source.manifest.config,
+                               host_api=launch.host_api, left=left,
+                               on_registered=on_registered)
+            announced = None  # the connection owns its socket now
+            return conn
         stage = "connect"
         channel = grpc.insecure_channel(hs.target, options=CHANNEL_OPTIONS)
         try:
@@ -205,7 +225,16 @@ def _environment(launch: Launch, token_fd: int) -> dict[str, str]:
     m = launch.source.manifest
     env = {"PATH": os.environ.get("PATH", os.defpath)}
     env.update({k: os.environ[k] for k in m.env if k in os.environ})
+    if m.handshake.magic_cookie_key == "PLUGHOST_PLUGIN":
+        # GoatFlow's cookie too, so its plugins start unchanged (each checks only its own)
+        env["GOATKIT_PLUGIN"] = "goatkit-v1"
+    own = "GOATFLOW_PLUGIN_" + launch.name.upper().replace("-", "_") + "_"
+    for key, value in os.environ.items():  # GoatFlow passes them as they are, and bare
+        if key.startswith(own):
+            env[key] = value
+            env[key[len("GOATFLOW_PLUGIN_"):]] = value
     env.update({
+        "HOME": launch.run_dir,
         m.handshake.magic_cookie_key: m.handshake.magic_cookie_value,
         # go-plugin's negotiation: the plugin serves the newest of these it speaks
         "PLUGIN_PROTOCOL_VERSIONS": ",".join(map(str, m.handshake.versions)),

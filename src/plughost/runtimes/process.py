@@ -81,10 +81,7 @@ def parse_handshake(line: str, *, plugin: str, versions: tuple[int, ...] = (1,)
         raise refuse(f"app protocol version {hs.app}, plugin.yaml accepts {accepted} (if "
                      f"the plugin speaks {hs.app}, set `handshake: {{protocol_version: "
                      f"{hs.app}}}` in plugin.yaml)")
-    if hs.protocol == "netrpc":
-        raise refuse("the plugin speaks go-plugin's netrpc; plughost hosts grpc plugins only "
-                     "(build it with go-plugin's GRPCServer)")
-    if hs.protocol != "grpc":
+    if hs.protocol not in ("grpc", "netrpc"):
         raise refuse(f"unknown protocol {hs.protocol!r}")
     if hs.network == "tcp":
         host = hs.address.rsplit(":", 1)[0].strip("[]")
@@ -181,6 +178,10 @@ class ChildProcess:
         ]
         for t in self._threads:
             t.start()
+
+    @property
+    def log(self) -> PluginLog:
+        return self._log
 
     @property
     def returncode(self) -> int | None:
