@@ -162,7 +162,7 @@ class SqliteAdminState:
                 raise self._error("the admin state is closed", plugin)
             if self._conn is None:
                 try:
-                    self._conn = self._connect()
+                    self._conn = self._open_retrying()
                 except sqlite3.Error as exc:
                     raise self._bad(f"cannot be opened: {exc}") from None
             try:
@@ -209,6 +209,19 @@ class SqliteAdminState:
             raise self._bad("is not a SQLite database")
         if not head:  # SQLite reads an empty file as an empty database: say so
             logger.warning("admin state %s is empty: no plugin state kept yet", self.path)
+
+    def _open_retrying(self) -> sqlite3.Connection:
+        """`_connect`, again while another connection holds the lock a new file's first
+        opening needs (switching to WAL answers "database is locked" at once, without
+        SQLite's busy wait), for up to the busy timeout."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                return self._connect()
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01)
 
     def _connect(self) -> sqlite3.Connection:
         self._prepare_file()
