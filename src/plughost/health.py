@@ -130,6 +130,7 @@ class HealthChecker:
         self.max_attempts, self.attempt_window = max_attempts, attempt_window
         self.clock = clock or WallClock()
         self._records: dict[str, _Record] = {}
+        self._rounds = 0
         self._restarts: dict[str, threading.Thread] = {}  # the one in flight per plugin
         self._lock = threading.Lock()  # guards both dicts; never held over plugin code
         self._round = threading.Lock()  # one round at a time: the thread's or probe_now's
@@ -195,7 +196,15 @@ class HealthChecker:
                 if self._stop.is_set():  # close() must not wait for a whole round
                     break
                 self._probe(name)
+            with self._lock:
+                self._rounds += 1
         return self.statuses()
+
+    @property
+    def rounds(self) -> int:
+        """Probe rounds completed (a test moving the clock waits for one to end)."""
+        with self._lock:
+            return self._rounds
 
     def _loop(self) -> None:
         due = self.clock.now() + self.interval
