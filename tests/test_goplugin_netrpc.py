@@ -123,3 +123,51 @@ def test_its_route_is_served_over_http(demo: tuple[Manager, Loader]) -> None:
                                     health=False)) as s:
         r = httpx.get(f"{s.url}/api/plugins/{NAME}/hello", params={"name": "Bo"}, timeout=30)
         assert r.content == b'{"message":"Hello, Bo!"}'
+
+
+def test_it_runs_confined_by_bubblewrap(binary: Path, plugins: Path, tmp_path: Path) -> None:
+    from plughost import Sandbox
+
+    sandbox = Sandbox("auto", read_only=(), writable=())
+    if not sandbox.active:
+        pytest.skip("bubblewrap is not installed or cannot make namespaces here")
+    pdir = plugins / NAME
+    pdir.mkdir()
+    (pdir / NAME).write_bytes(binary.read_bytes())
+    (pdir / NAME).chmod(0o755)
+    (pdir / "plugin.yaml").write_text(f"name: {NAME}\nversion: 1.0.0\nruntime: grpc\n"
+                                      f"binary: {NAME}\n")
+    with Manager(settings=HostSettings(data_dir=tmp_path / "data")) as m:
+        loader = Loader(plugins, m, cache_dir=None, sandbox=sandbox)
+        try:
+            assert loader.load_all() == (1, [])
+            assert m.call_raw(NAME, "echo", b'{"in":"jail"}') == b'{"in":"jail"}'
+            assert set(m.call(NAME, "host", {"method": "time_now", "args": {}})) == {"now"}
+            env = m.call(NAME, "env")
+            plugin = m.get(NAME)
+            assert isinstance(plugin, GrpcPlugin)
+            assert env["TMPDIR"] == env["HOME"] == plugin._dir  # its only writable place
+        finally:
+            loader.close()
+
+
+def test_the_cli_calls_it(binary: Path, plugins: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    pdir = plugins / NAME
+    pdir.mkdir()
+    (pdir / NAME).write_bytes(binary.read_bytes())
+    (pdir / NAME).chmod(0o755)
+    (pdir / "plugin.yaml").write_text(f"name: {NAME}\nversion: 1.0.0\nruntime: grpc\n"
+                                      f"binary: {NAME}\n")
+    env = {**os.environ, "PLUGHOST_CACHE_DIR": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-m", "plughost", "call", "--dir", str(plugins),
+                          NAME, "hello", '{"name": "CLI"}'], capture_output=True, text=True,
+                         timeout=120, env=env, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "Hello, CLI!" in out.stdout
+    listed = subprocess.run([sys.executable, "-m", "plughost", "list", "--json", str(plugins)],
+                            capture_output=True, text=True, timeout=120, env=env, check=False)
+    assert listed.returncode == 0, listed.stderr
+    assert NAME in listed.stdout
