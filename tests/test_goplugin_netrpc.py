@@ -20,7 +20,7 @@ from plughost.runtimes.netrpc_connection import NetRpcConnection
 from plughost.server import create_app
 
 from .conftest import wait_until
-from .goplugin import build
+from .goplugin import build, install
 from .serving import serve_in_thread
 
 NAME = "netrpc-demo"
@@ -34,12 +34,7 @@ def binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def demo(binary: Path, plugins: Path, tmp_path: Path) -> Iterator[tuple[Manager, Loader]]:
     """netrpc-demo in a plugin dir with GoatFlow's plugin.yaml (no handshake: key)."""
-    pdir = plugins / NAME
-    pdir.mkdir()
-    (pdir / NAME).write_bytes(binary.read_bytes())
-    (pdir / NAME).chmod(0o755)
-    (pdir / "plugin.yaml").write_text(f"name: {NAME}\nversion: 1.0.0\nruntime: grpc\n"
-                                      f"binary: {NAME}\nconfig: {{greeting: hi, n: 2}}\n")
+    install(binary, plugins, NAME, "config: {greeting: hi, n: 2}\n")
     manager = Manager(settings=HostSettings(data_dir=tmp_path / "data"), drain_timeout=5.0)
     loader = Loader(plugins, manager, cache_dir=None)
     try:
@@ -131,12 +126,7 @@ def test_it_runs_confined_by_bubblewrap(binary: Path, plugins: Path, tmp_path: P
     sandbox = Sandbox("auto", read_only=(), writable=())
     if not sandbox.active:
         pytest.skip("bubblewrap is not installed or cannot make namespaces here")
-    pdir = plugins / NAME
-    pdir.mkdir()
-    (pdir / NAME).write_bytes(binary.read_bytes())
-    (pdir / NAME).chmod(0o755)
-    (pdir / "plugin.yaml").write_text(f"name: {NAME}\nversion: 1.0.0\nruntime: grpc\n"
-                                      f"binary: {NAME}\n")
+    install(binary, plugins, NAME)
     with Manager(settings=HostSettings(data_dir=tmp_path / "data")) as m:
         loader = Loader(plugins, m, cache_dir=None, sandbox=sandbox)
         try:
@@ -155,12 +145,7 @@ def test_the_cli_calls_it(binary: Path, plugins: Path, tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    pdir = plugins / NAME
-    pdir.mkdir()
-    (pdir / NAME).write_bytes(binary.read_bytes())
-    (pdir / NAME).chmod(0o755)
-    (pdir / "plugin.yaml").write_text(f"name: {NAME}\nversion: 1.0.0\nruntime: grpc\n"
-                                      f"binary: {NAME}\n")
+    install(binary, plugins, NAME)
     env = {**os.environ, "PLUGHOST_CACHE_DIR": str(tmp_path / "cache")}
     out = subprocess.run([sys.executable, "-m", "plughost", "call", "--dir", str(plugins),
                           NAME, "hello", '{"name": "CLI"}'], capture_output=True, text=True,

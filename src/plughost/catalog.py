@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import PlughostError
-from .registration import MenuItem, Widget
+from .registration import MenuItem, Registration, Widget
 
 if TYPE_CHECKING:
     from .manager import Manager
@@ -85,26 +86,24 @@ class TemplateOverride:
     handler: str
 
 
-def _enabled(manager: Manager) -> list[str]:
-    return [i.name for i in manager.list() if i.enabled]
-
-
-def _sorted_key(order: int, plugin: str, ident: str) -> tuple[int, str, str]:
-    return (order, plugin, ident)
+def _registrations(manager: Manager, *, enabled: bool) -> Iterator[tuple[str, Registration]]:
+    """Each registered plugin's name and registration, by name (only the enabled ones, or
+    every one); a plugin unloaded meanwhile is skipped."""
+    infos = manager.list() if enabled else None
+    names = [i.name for i in infos if i.enabled] if infos is not None else manager.names()
+    for name in names:
+        plugin = manager.get(name)
+        if plugin is not None:
+            yield name, plugin.registration
 
 
 def widgets(manager: Manager, location: str | None = DEFAULT_WIDGET_LOCATION
             ) -> list[WidgetEntry]:
     """The widgets of the enabled plugins at `location` (None: everywhere), in order."""
-    out = []
-    for name in _enabled(manager):
-        plugin = manager.get(name)
-        if plugin is None:
-            continue
-        for w in plugin.registration.widgets:
-            if location is None or (w.location or DEFAULT_WIDGET_LOCATION) == location:
-                out.append(WidgetEntry(name, w))
-    return sorted(out, key=lambda e: _sorted_key(e.widget.order, e.plugin, e.widget.id))
+    out = [WidgetEntry(name, w) for name, reg in _registrations(manager, enabled=True)
+           for w in reg.widgets
+           if location is None or (w.location or DEFAULT_WIDGET_LOCATION) == location]
+    return sorted(out, key=lambda e: (e.widget.order, e.plugin, e.widget.id))
 
 
 def widget(manager: Manager, plugin: str, widget_id: str) -> Widget | None:
@@ -124,28 +123,16 @@ def _menu(manager: Manager, plugin: str, item: MenuItem, lang: str) -> MenuEntry
 def menu_items(manager: Manager, location: str | None = None, lang: str = "en"
                ) -> list[MenuEntry]:
     """The enabled plugins' menu items (at `location`, if given), labels in `lang`."""
-    out = []
-    for name in _enabled(manager):
-        plugin = manager.get(name)
-        if plugin is None:
-            continue
-        for item in plugin.registration.menu_items:
-            if location is None or item.location == location:
-                out.append(_menu(manager, name, item, lang))
-    return sorted(out, key=lambda e: _sorted_key(e.item.order, e.plugin, e.item.id))
+    out = [_menu(manager, name, item, lang) for name, reg in _registrations(manager, enabled=True)
+           for item in reg.menu_items if location is None or item.location == location]
+    return sorted(out, key=lambda e: (e.item.order, e.plugin, e.item.id))
 
 
 def error_codes(manager: Manager) -> dict[str, ErrorCodeEntry]:
     """Every registered plugin's error codes, by `<plugin>:<code>`."""
-    out: dict[str, ErrorCodeEntry] = {}
-    for name in manager.names():
-        plugin = manager.get(name)
-        if plugin is None:
-            continue
-        for e in plugin.registration.error_codes:
-            key = f"{name}:{e.code}"
-            out[key] = ErrorCodeEntry(key, name, e.code, e.message, e.http_status)
-    return out
+    return {f"{name}:{e.code}": ErrorCodeEntry(f"{name}:{e.code}", name, e.code, e.message,
+                                               e.http_status)
+            for name, reg in _registrations(manager, enabled=False) for e in reg.error_codes}
 
 
 def template_handler(name: str) -> str:
@@ -156,11 +143,8 @@ def template_handler(name: str) -> str:
 def template_overrides(manager: Manager) -> dict[str, TemplateOverride]:
     """Template name -> the override that wins (see the module docstring)."""
     out: dict[str, TemplateOverride] = {}
-    for name in manager.names():  # sorted: the first plugin keeps a contested name
-        plugin = manager.get(name)
-        if plugin is None:
-            continue
-        for t in plugin.registration.templates:
+    for name, reg in _registrations(manager, enabled=False):  # by name: the first keeps it
+        for t in reg.templates:
             if t.override and t.name not in out:
                 out[t.name] = TemplateOverride(t.name, name, template_handler(t.name))
     return out

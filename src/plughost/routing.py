@@ -224,6 +224,9 @@ class RouteTable:
         self._lock = threading.Lock()
         self._reserved: list[tuple[Pattern, str]] = []
         self._routes: dict[str, list[MountedRoute]] = {}
+        #: every plugin's routes, most specific first: made when the table changes, not
+        #: on each request
+        self._ranked: tuple[MountedRoute, ...] = ()
 
     def reserve(self, path: str, owner: str = "plughost") -> None:
         """Keep `path` (a pattern) for the host: no plugin route may reach it. The
@@ -252,11 +255,17 @@ class RouteTable:
                                 f"route {route.method} {route.path} collides with plugin "
                                 f"{other!r}'s route {t.method} {t.path}", plugin=plugin)
             self._routes[plugin] = mounted
+            self._rank()
         return warnings
 
     def remove(self, plugin: str) -> None:
         with self._lock:
-            self._routes.pop(plugin, None)
+            if self._routes.pop(plugin, None) is not None:
+                self._rank()
+
+    def _rank(self) -> None:  # lock held
+        every = [r for rs in self._routes.values() for r in rs]
+        self._ranked = tuple(sorted(every, key=lambda m: m.pattern.rank))
 
     def routes_of(self, plugin: str) -> list[MountedRoute]:
         with self._lock:
@@ -277,10 +286,7 @@ class RouteTable:
         """The route for `method path` (of `plugin` only, if given), its parameters, and
         the methods the path allows when no route serves `method`."""
         with self._lock:
-            routes = (list(self._routes.get(plugin, ())) if plugin is not None
-                      else [r for rs in self._routes.values() for r in rs])
-        if plugin is None:
-            routes.sort(key=lambda m: m.pattern.rank)
+            routes = self._routes.get(plugin, []) if plugin is not None else self._ranked
         allowed: list[str] = []
         for route in routes:
             params = route.pattern.match(path)

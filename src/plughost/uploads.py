@@ -28,10 +28,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from .errors import ManifestError, PlughostError, PluginLoadError
+from .errors import ManifestError, PlughostError, PluginLoadError, PluginNotFound
 from .loader import Loader
 from .manifest import is_valid_name, load_manifest
 from .packaging import extract
+from .signing import sidecar
 
 logger = logging.getLogger(__name__)
 
@@ -217,9 +218,6 @@ def uninstall(loader: Loader, name: str) -> list[Path]:
     """Unload `name`, remove its files from the plugin directory (its directory, module
     or package, and a module's signature beside it) and the operator's state for it;
     returns what was removed. PluginNotFound when nothing of that name is known."""
-    from .errors import PluginNotFound
-    from .signing import sidecar
-
     if not is_valid_name(name):
         raise UploadRefused("invalid plugin name", path=loader.plugin_dir)
     paths = [d.path for d in loader.discovered_plugins() if d.name == name]

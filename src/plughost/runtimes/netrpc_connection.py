@@ -207,20 +207,14 @@ def open_netrpc(proc: ChildProcess, hs: Handshake, *, name: str, source_path: st
                         INTERFACE, timeout=left())
         announced = os.path.abspath(hs.address) if hs.network == "unix" else None
         return NetRpcConnection(proc, session, control, plugin, reg, socket=announced)
-    except (netrpc.RPCError, BrokerError, YamuxError, OSError) as exc:
+    except BaseException as exc:
         for c in clients:
             c.close()
         if session is not None:
             session.close()
         else:
             sock.close()
-        raise PluginLoadError(f"start-up (net/rpc) {stage} failed: {exc}"
-                              f"{proc.stderr_tail()}", plugin=name) from None
-    except BaseException:
-        for c in clients:
-            c.close()
-        if session is not None:
-            session.close()
-        else:
-            sock.close()
+        if isinstance(exc, netrpc.RPCError | BrokerError | YamuxError | OSError):
+            raise PluginLoadError(f"start-up (net/rpc) {stage} failed: {exc}"
+                                  f"{proc.stderr_tail()}", plugin=name) from None
         raise
