@@ -8,6 +8,7 @@ stays fast. `PLUGHOST_FUZZ_EXAMPLES` raises the count for a longer local run.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -162,3 +163,42 @@ def test_the_fuzzed_manifest_parser_still_accepts_good_input(tmp_path: Path,
     (pdir / "p.wasm").write_bytes(b"\0asm\1\0\0\0")
     (pdir / "plugin.yaml").write_text(text)
     assert load_manifest(pdir).name == "p"
+
+
+# -- the wire formats and line parsers a plugin process feeds the host ---------------------
+
+
+@FUZZ
+@given(raw=st.binary(max_size=400))
+def test_gob_from_a_hostile_peer_is_a_gob_error_or_a_value(raw: bytes) -> None:
+    from plughost.wire.gob import GobError
+    from plughost.wire.gobdecode import Decoder
+    from plughost.wire.messages import CallResponse
+
+    for kind in (None, CallResponse):
+        with contextlib.suppress(GobError):  # anything else fails the test
+            Decoder.from_bytes(raw).decode(kind)
+
+
+@FUZZ
+@given(line=st.text(max_size=300) | st.sampled_from([
+    '{"@level":"warn","@message":"m","k":[1,{"a":null}]}',
+    '2026-01-01T00:00:00.000Z [INFO]  p: msg: a=1 b="x y" c=[1, "2 3"]',
+    "[ERROR] x", "{" * 2000]))
+def test_hclog_parse_never_raises(line: str) -> None:
+    from plughost.runtimes import hclog
+
+    got = hclog.parse(line)
+    assert got is None or (isinstance(got[1], str) and isinstance(got[2], dict))
+
+
+@FUZZ
+@given(path=st.text(alphabet="/:*{}ab._-%?\\ ", max_size=40))
+def test_a_route_path_parses_or_is_a_value_error(path: str) -> None:
+    from plughost.routing import parse_pattern
+
+    try:
+        pattern = parse_pattern(path)
+    except ValueError:
+        return
+    assert pattern.overlaps(pattern)  # a pattern always meets itself
